@@ -1,0 +1,19 @@
+"""napari dock widgets: load a case, segment, inspect convergence, evaluate, export.
+
+Each widget takes the viewer (``napari_viewer``) in its constructor and only
+calls the Qt-free core; no algorithm lives here.
+"""
+
+from napari_gmmseg._widgets._evaluate import EvaluateWidget
+from napari_gmmseg._widgets._export import ExportWidget
+from napari_gmmseg._widgets._inspect import InspectWidget
+from napari_gmmseg._widgets._load import LoadCaseWidget
+from napari_gmmseg._widgets._segment import SegmentWidget
+
+__all__ = [
+    "EvaluateWidget",
+    "ExportWidget",
+    "InspectWidget",
+    "LoadCaseWidget",
+    "SegmentWidget",
+]

@@ -1,0 +1,266 @@
+"""Pieces every dock widget shares: layer pickers, error reporting, label styling, metadata keys.
+
+Nothing here computes a segmentation; it only moves arrays between napari
+layers and the Qt-free core.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import QComboBox, QListWidget, QListWidgetItem
+
+from napari_gmmseg.errors import GmmSegError
+from napari_gmmseg.labels import ALL_TISSUES, CLASSES, NAME_BY_VALUE
+
+if TYPE_CHECKING:
+    import napari
+
+#: Metadata key of the widgets' own provenance record on an output Labels layer.
+META_KEY = "gmmseg"
+#: Metadata key of the in-memory :class:`napari_gmmseg.fit.Fit` behind an output layer.
+FIT_KEY = "gmmseg_fit"
+#: Metadata key of the (images, roi, channels) a fit was computed from (for Inspect).
+INPUTS_KEY = "gmmseg_inputs"
+
+
+def show_error(message: str) -> None:
+    """Show ``message`` as a napari error notification (no traceback)."""
+    from napari.utils.notifications import show_error as _show_error
+
+    _show_error(message)
+
+
+def show_info(message: str) -> None:
+    """Show ``message`` as a napari information notification."""
+    from napari.utils.notifications import show_info as _show_info
+
+    _show_info(message)
+
+
+def report_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate a widget slot so a :class:`GmmSegError` becomes a notification.
+
+    Qt passes extra arguments (``checked``) to ``clicked`` slots; they are
+    dropped. Any other exception is a bug and propagates with its traceback.
+    """
+
+    @functools.wraps(func)
+    def wrapper(self, *_args):
+        try:
+            return func(self)
+        except GmmSegError as exc:
+            show_error(str(exc))
+            return None
+
+    return wrapper
+
+
+# ---------------------------------------------------------------- label styling
+
+
+def tissue_colormap():
+    """The fixed tissue colours as a napari ``DirectLabelColormap`` (0 transparent).
+
+    The reader's colormap, so masks and segmentations look the same.
+    """
+    from napari_gmmseg._reader import label_colormap
+
+    return label_colormap()
+
+
+def tissue_features(labels: np.ndarray, voxel_ml: float):
+    """Features table of a MyoPS label volume: one row per tissue class.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        Integer label volume with MyoPS values.
+    voxel_ml : float
+        Volume of one voxel in millilitres.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``index`` (label value, which napari uses to show the class
+        name under the cursor), ``class``, ``voxels`` and ``mL``.
+    """
+    import pandas as pd
+
+    values, counts = np.unique(np.asarray(labels), return_counts=True)
+    count = dict(zip(values.tolist(), counts.tolist(), strict=True))
+    tissues = list(CLASSES) + [t for t in ALL_TISSUES if t not in CLASSES and t.value in count]
+    rows = [
+        {
+            "index": t.value,
+            "class": t.name,
+            "voxels": int(count.get(t.value, 0)),
+            "mL": float(count.get(t.value, 0) * voxel_ml),
+        }
+        for t in tissues
+    ]
+    return pd.DataFrame(rows, columns=["index", "class", "voxels", "mL"])
+
+
+def value_name(value: int) -> str:
+    """``"500 LV blood pool"`` for a known MyoPS value, ``"7"`` otherwise."""
+    name = NAME_BY_VALUE.get(int(value))
+    return f"{int(value)} {name}" if name else str(int(value))
+
+
+# ---------------------------------------------------------------- geometry / spacing
+
+
+def source_geometry(layer) -> Any | None:
+    """The :class:`~napari_gmmseg.io.Geometry` the reader stored in a layer's metadata, or None."""
+    from napari_gmmseg._reader import GEOMETRY_KEY
+    from napari_gmmseg.io import Geometry
+
+    geometry = layer.metadata.get(GEOMETRY_KEY)
+    if isinstance(geometry, dict):
+        geometry = Geometry.from_dict(geometry)
+    return geometry
+
+
+def layer_spacing(layer) -> tuple[float, float, float]:
+    """Voxel spacing (z, y, x) in mm of a 3-D layer: the geometry's, else the layer scale."""
+    geometry = source_geometry(layer)
+    spacing = getattr(geometry, "spacing_mm", None)
+    if spacing is None:
+        spacing = tuple(layer.scale[-3:])
+    return tuple(float(s) for s in spacing)
+
+
+# ---------------------------------------------------------------- layer pickers
+
+
+class LayerCombo(QComboBox):
+    """A combo box listing the viewer's layers of some types, kept in sync with the viewer.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+    types : tuple of layer classes
+    accept : callable, optional
+        Extra filter on a layer.
+    allow_none : str, optional
+        Text of a leading "no layer" entry.
+    """
+
+    def __init__(
+        self,
+        viewer: napari.Viewer,
+        types: tuple[type, ...],
+        accept: Callable[[Any], bool] | None = None,
+        allow_none: str | None = None,
+        parent=None,
+    ) -> None:
+        super().__init__(parent)
+        self._viewer = viewer
+        self._types = types
+        self._accept = accept
+        self._allow_none = allow_none
+        self._layers: list[Any] = []
+        self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.setMinimumContentsLength(12)
+        events = viewer.layers.events
+        for ev in (events.inserted, events.removed, events.moved, events.reordered):
+            ev.connect(self.refresh)
+        self.refresh()
+
+    def _wanted(self, layer) -> bool:
+        return isinstance(layer, self._types) and (self._accept is None or self._accept(layer))
+
+    def refresh(self, *_args) -> None:
+        """Re-list the layers, keeping the current choice when it still exists."""
+        current = self.layer()
+        layers = [lay for lay in reversed(list(self._viewer.layers)) if self._wanted(lay)]
+        for lay in layers:
+            # follow renames; connecting twice is harmless (napari de-duplicates)
+            lay.events.name.connect(self.refresh)
+        self.blockSignals(True)
+        self.clear()
+        self._layers = []
+        if self._allow_none is not None:
+            self.addItem(self._allow_none)
+            self._layers.append(None)
+        for lay in layers:
+            self.addItem(lay.name)
+            self._layers.append(lay)
+        if current is not None and current in self._layers:
+            self.setCurrentIndex(self._layers.index(current))
+        self.blockSignals(False)
+        self.currentIndexChanged.emit(self.currentIndex())
+
+    def layer(self):
+        """The chosen layer, or None."""
+        i = self.currentIndex()
+        if 0 <= i < len(self._layers):
+            return self._layers[i]
+        return None
+
+    def set_layer(self, layer) -> None:
+        """Choose ``layer`` if it is listed."""
+        self.refresh()
+        if layer in self._layers:
+            self.setCurrentIndex(self._layers.index(layer))
+
+
+class CheckList(QListWidget):
+    """A compact list of checkable entries, each carrying a Python object."""
+
+    def __init__(self, parent=None, rows: int = 5) -> None:
+        super().__init__(parent)
+        self._max_rows = rows
+        self._objects: list[Any] = []
+        self._fit_height()
+
+    def _fit_height(self) -> None:
+        row = self.sizeHintForRow(0) if self.count() else self.fontMetrics().height() + 4
+        shown = min(max(self.count(), 1), self._max_rows)
+        self.setFixedHeight(row * shown + 2 * self.frameWidth() + 2)
+
+    def set_entries(self, entries: Iterable[tuple[str, Any, bool]]) -> None:
+        """Replace the entries with ``(text, object, checked)`` triples."""
+        self.blockSignals(True)
+        self.clear()
+        self._objects = []
+        for text, obj, checked in entries:
+            item = QListWidgetItem(text)
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            item.setCheckState(Qt.CheckState.Checked if checked else Qt.CheckState.Unchecked)
+            self.addItem(item)
+            self._objects.append(obj)
+        self.blockSignals(False)
+        self._fit_height()
+
+    def objects(self) -> list[Any]:
+        """All entries' objects in list order."""
+        return list(self._objects)
+
+    def checked(self) -> list[Any]:
+        """The checked entries' objects, in list order."""
+        return [
+            obj
+            for i, obj in enumerate(self._objects)
+            if self.item(i).checkState() == Qt.CheckState.Checked
+        ]
+
+    def set_checked(self, objects: Iterable[Any]) -> None:
+        """Check exactly the entries whose object is in ``objects``."""
+        wanted = list(objects)
+        for i, obj in enumerate(self._objects):
+            state = Qt.CheckState.Checked if obj in wanted else Qt.CheckState.Unchecked
+            self.item(i).setCheckState(state)
+
+
+def fit_table_height(table) -> None:
+    """Make a QTableWidget exactly as tall as its header and rows (no scrollbar)."""
+    table.resizeRowsToContents()
+    height = table.horizontalHeader().sizeHint().height() + 2 * table.frameWidth()
+    height += sum(table.rowHeight(i) for i in range(table.rowCount()))
+    table.setFixedHeight(height + 2)

@@ -1,0 +1,172 @@
+"""Evaluate dock widget: Hungarian-matched Dice per class, scar and edema volumes, relabel to matched classes.
+
+All numbers come from :mod:`napari_gmmseg.metrics`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from qtpy.QtWidgets import (
+    QFormLayout,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_gmmseg._widgets._common import (
+    META_KEY,
+    LayerCombo,
+    fit_table_height,
+    layer_spacing,
+    report_errors,
+    show_info,
+    tissue_features,
+)
+from napari_gmmseg.errors import GeometryError, RoiError
+from napari_gmmseg.labels import CLASS_VALUES
+
+if TYPE_CHECKING:
+    import napari
+
+
+def _fmt(value: float, spec: str = ".3f") -> str:
+    return "–" if value is None or not np.isfinite(value) else format(value, spec)
+
+
+class EvaluateWidget(QWidget):
+    """Dock widget: compare a segmentation with a manual mask.
+
+    Dice is computed after the optimal per-slice (Hungarian) matching of the
+    segmentation's classes to the manual classes (the paper's protocol) and as
+    named by the method; volumes are those of the segmentation as named.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+    """
+
+    COLUMNS = ("class", "Dice", "named", "mL", "manual")
+    TOOLTIPS = (
+        "tissue class (LV myocardium = myocardium + edema + scar)",
+        "Dice after the optimal per-slice (Hungarian) matching of classes to the mask",
+        "Dice of the classes as named by the method (no matching)",
+        "volume of the segmentation (mL)",
+        "volume of the manual mask (mL)",
+    )
+
+    def __init__(self, napari_viewer: napari.Viewer, parent=None) -> None:
+        import napari
+
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.rows: list[dict] = []
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        form = QFormLayout()
+        self.seg_layer = LayerCombo(
+            napari_viewer, (napari.layers.Labels,), accept=lambda lay: META_KEY in lay.metadata
+        )
+        self.mask_layer = LayerCombo(
+            napari_viewer, (napari.layers.Labels,), accept=lambda lay: META_KEY not in lay.metadata
+        )
+        form.addRow("Segmentation", self.seg_layer)
+        form.addRow("Manual mask", self.mask_layer)
+        layout.addLayout(form)
+        row = QHBoxLayout()
+        self.evaluate_button = QPushButton("Evaluate")
+        self.evaluate_button.clicked.connect(self.evaluate)
+        self.relabel_button = QPushButton("Relabel to matched classes")
+        self.relabel_button.setToolTip(
+            "Rename the segmentation's classes slice by slice to the manual classes they match best"
+        )
+        self.relabel_button.clicked.connect(self.relabel)
+        row.addWidget(self.evaluate_button)
+        row.addWidget(self.relabel_button)
+        layout.addLayout(row)
+        self.table = QTableWidget(0, len(self.COLUMNS))
+        self.table.setHorizontalHeaderLabels(self.COLUMNS)
+        self.table.verticalHeader().setVisible(False)
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        for j, tip in enumerate(self.TOOLTIPS):
+            self.table.horizontalHeaderItem(j).setToolTip(tip)
+        fit_table_height(self.table)
+        layout.addWidget(self.table)
+        self.summary = QLabel("")
+        self.summary.setWordWrap(True)
+        layout.addWidget(self.summary)
+        layout.addStretch(1)
+
+    def _arrays(self):
+        seg, mask = self.seg_layer.layer(), self.mask_layer.layer()
+        if seg is None:
+            raise RoiError("no segmentation layer: run the Segment widget first")
+        if mask is None:
+            raise RoiError("no manual mask: open or draw a Labels layer with MyoPS values")
+        pred, gt = np.asarray(seg.data), np.asarray(mask.data)
+        if pred.shape != gt.shape:
+            raise GeometryError(
+                f"segmentation '{seg.name}' {pred.shape} and mask '{mask.name}' {gt.shape} "
+                "differ in shape"
+            )
+        return seg, mask, pred, gt
+
+    @report_errors
+    def evaluate(self) -> None:
+        """Fill the table: matched and as-named Dice, volumes of the segmentation and the mask."""
+        from napari_gmmseg.metrics import evaluate_labels
+
+        seg, _mask, pred, gt = self._arrays()
+        spacing = layer_spacing(seg)
+        rows = evaluate_labels(pred, gt, spacing)
+        self.rows = [r for r in rows if r["level"] == "volume"]
+        self.table.setRowCount(len(self.rows))
+        for i, r in enumerate(self.rows):
+            cells = (
+                r["class"],
+                _fmt(r["dice"]),
+                _fmt(r["dice_named"]),
+                _fmt(r["pred_ml"], ".2f"),
+                _fmt(r["gt_ml"], ".2f"),
+            )
+            for j, text in enumerate(cells):
+                self.table.setItem(i, j, QTableWidgetItem(text))
+        fit_table_height(self.table)
+        by_class = {r["class"]: r for r in self.rows}
+        parts = []
+        for name in ("scar", "edema"):
+            r = by_class.get(name)
+            if r is not None:
+                parts.append(
+                    f"{name}: {_fmt(r['pred_ml'], '.2f')} mL ({_fmt(r['pred_pct'], '.1f')} %) · "
+                    f"manual {_fmt(r['gt_ml'], '.2f')} mL ({_fmt(r['gt_pct'], '.1f')} %)"
+                )
+        self.summary.setText("\n".join(parts) + "\n(% of LV myocardium)")
+
+    @report_errors
+    def relabel(self) -> None:
+        """Replace the segmentation's labels by their per-slice Hungarian match to the mask."""
+        from napari_gmmseg.metrics import match_slices
+
+        seg, mask, pred, gt = self._arrays()
+        values = list(CLASS_VALUES)
+        matched, _ = match_slices(pred, gt, values, components=values)
+        matched = np.where(np.isin(pred, values), matched, pred).astype(pred.dtype)
+        seg.data = matched
+        spacing = layer_spacing(seg)
+        seg.features = tissue_features(matched, float(np.prod(spacing)) / 1000.0)
+        meta = dict(seg.metadata)
+        info = dict(meta.get(META_KEY, {}))
+        info["relabelled_to"] = mask.name
+        meta[META_KEY] = info
+        seg.metadata = meta
+        show_info(f"'{seg.name}' relabelled to the classes of '{mask.name}'")
+        self.evaluate()

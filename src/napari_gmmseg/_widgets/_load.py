@@ -1,0 +1,139 @@
+"""Load case dock widget: a case folder (or any one file of it), or one file per sequence."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from qtpy.QtWidgets import (
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_gmmseg._widgets._common import report_errors, show_info
+from napari_gmmseg.errors import CaseLoadError
+
+if TYPE_CHECKING:
+    import napari
+
+#: Sequence rows of the "one file per sequence" tab: (case key, label).
+SEQUENCE_ROWS: tuple[tuple[str, str], ...] = (
+    ("bSSFP", "bSSFP (C0)"),
+    ("LGE", "LGE (DE)"),
+    ("T2", "T2"),
+    ("mask", "Mask (optional)"),
+)
+_FILTER = "Images (*.nii *.nii.gz *.mha *.mhd *.nrrd);;All files (*)"
+
+
+def _path_row(parent: QWidget, edit: QLineEdit, folder: bool) -> QHBoxLayout:
+    row = QHBoxLayout()
+    row.addWidget(edit, 1)
+    if folder:
+        button = QPushButton("Folder…")
+
+        def pick() -> None:
+            path = QFileDialog.getExistingDirectory(parent, "Case folder", edit.text())
+            if path:
+                edit.setText(path)
+
+        button.clicked.connect(pick)
+        row.addWidget(button)
+    button = QPushButton("File…")
+
+    def pick_file() -> None:
+        path, _ = QFileDialog.getOpenFileName(parent, "Image file", edit.text(), _FILTER)
+        if path:
+            edit.setText(path)
+
+    button.clicked.connect(pick_file)
+    row.addWidget(button)
+    return row
+
+
+class LoadCaseWidget(QWidget):
+    """Dock widget: open a multi-sequence cardiac MRI case as image layers (+ the mask).
+
+    Layers are made by the plugin's reader, so they carry the source geometry
+    (for Export) and the sequence names (for Segment).
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+    """
+
+    def __init__(self, napari_viewer: napari.Viewer, parent=None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.last_layers: list = []
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        self.tabs = QTabWidget()
+
+        page = QWidget()
+        form = QFormLayout(page)
+        self.case_path = QLineEdit()
+        self.case_path.setPlaceholderText("case folder, dataset root, or one sequence file")
+        form.addRow("Path", _path_row(self, self.case_path, folder=True))
+        self.case_id = QLineEdit()
+        self.case_id.setPlaceholderText("only for a dataset root, e.g. 101")
+        form.addRow("Case id", self.case_id)
+        self.tabs.addTab(page, "Case folder")
+
+        page = QWidget()
+        form = QFormLayout(page)
+        self.sequence_paths: dict[str, QLineEdit] = {}
+        for key, label in SEQUENCE_ROWS:
+            edit = QLineEdit()
+            self.sequence_paths[key] = edit
+            form.addRow(label, _path_row(self, edit, folder=False))
+        self.tabs.addTab(page, "One file per sequence")
+        layout.addWidget(self.tabs)
+
+        self.load_button = QPushButton("Load")
+        self.load_button.clicked.connect(self.load)
+        layout.addWidget(self.load_button)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+    def read_case(self):
+        """Load the case described by the current tab (io)."""
+        from napari_gmmseg import io
+
+        if self.tabs.currentIndex() == 0:
+            text = self.case_path.text().strip()
+            if not text:
+                raise CaseLoadError("choose a case folder or one of its sequence files")
+            return io.load_case(text, self.case_id.text().strip() or None)
+        paths = {k: e.text().strip() for k, e in self.sequence_paths.items() if e.text().strip()}
+        mask = paths.pop("mask", None)
+        if not paths:
+            raise CaseLoadError("choose at least one sequence file")
+        return io.load_case_from_paths(paths, mask=mask)
+
+    @report_errors
+    def load(self) -> list:
+        """Read the case and add its layers; returns the new layers."""
+        from napari.layers import Layer
+
+        from napari_gmmseg._reader import case_layer_data
+
+        case = self.read_case()
+        added = []
+        for data in case_layer_data(case):
+            layer = Layer.create(*data)
+            self.viewer.add_layer(layer)
+            added.append(layer)
+        self.last_layers = added
+        self.status.setText(f"case {case.case_id}: {', '.join(case.channels)}"
+                            + (" + mask" if case.labels is not None else ""))  # fmt: skip
+        show_info(f"loaded case {case.case_id}")
+        return added

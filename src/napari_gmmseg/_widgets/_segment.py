@@ -1,0 +1,771 @@
+"""Segment dock widget: channels + ROI + method -> a tissue Labels layer, filled in live.
+
+The widget only gathers arrays and options from the viewer and calls
+:func:`napari_gmmseg.segment.segment` in a napari thread worker; every number
+comes from the core.
+"""
+
+from __future__ import annotations
+
+import gc
+import queue
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtGui import QDoubleValidator
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_gmmseg import __version__
+from napari_gmmseg._widgets._common import (
+    FIT_KEY,
+    INPUTS_KEY,
+    META_KEY,
+    CheckList,
+    LayerCombo,
+    fit_table_height,
+    layer_spacing,
+    report_errors,
+    show_error,
+    show_info,
+    tissue_colormap,
+    tissue_features,
+    value_name,
+)
+from napari_gmmseg.errors import GeometryError, GmmSegError, ModelError, RoiError
+from napari_gmmseg.labels import CLASSES, LV_ROI_VALUES
+
+if TYPE_CHECKING:
+    import napari
+
+    from napari_gmmseg.fit import Fit, Progress
+
+#: (label shown, ``segment`` method name)
+METHOD_CHOICES: tuple[tuple[str, str], ...] = (
+    ("GMM", "gmm"),
+    ("SVGMM", "svgmm"),
+    ("deepG", "deepg"),
+    ("deepSVG", "deepsvg"),
+    ("deepSVG_mu", "deepsvg-mu"),
+)
+DEEP_METHODS = ("deepg", "deepsvg", "deepsvg-mu")
+
+#: The sequences ticked as channels by default.
+DEFAULT_CHANNELS = ("bSSFP", "LGE", "T2")
+
+
+def channel_name(layer) -> str:
+    """Sequence name of an image layer: the reader's metadata, else guessed from the layer name."""
+    from napari_gmmseg._reader import CHANNEL_KEY
+
+    meta = layer.metadata.get(CHANNEL_KEY)
+    if isinstance(meta, str) and meta:
+        return meta
+    from napari_gmmseg.naming import CHANNEL_ALIASES
+
+    for token in re.split(r"[^a-z0-9]+", layer.name.lower()):
+        if token in CHANNEL_ALIASES:
+            return CHANNEL_ALIASES[token]
+    return layer.name
+
+
+def roi_from_shapes(shapes, reference, shape_zyx: tuple[int, int, int], all_slices: bool):
+    """Rasterise the polygons/rectangles/ellipses of a Shapes layer on an image layer's grid.
+
+    Vertices are mapped data -> world (shapes layer) -> data (reference image
+    layer), so a polygon drawn on a scaled image lands on the right voxels. A
+    shape drawn on one slice covers that slice only unless ``all_slices``; shapes
+    of a 2-D Shapes layer cover every slice.
+    """
+    import napari
+
+    kinds = [k for k in shapes.shape_type if k in ("polygon", "rectangle", "ellipse")]
+    if not kinds:
+        raise RoiError(
+            f"Shapes layer '{shapes.name}' has no polygon, rectangle or ellipse: draw one "
+            "around the left ventricle first"
+        )
+    datas, types = [], []
+    for verts, kind in zip(shapes.data, shapes.shape_type, strict=True):
+        if kind not in ("polygon", "rectangle", "ellipse"):
+            continue
+        verts = np.asarray(verts, dtype=float)
+        if verts.shape[1] == 2:
+            verts = np.column_stack([np.zeros(len(verts)), verts])
+            world = np.array([shapes.data_to_world(v[1:]) for v in verts])
+            world = np.column_stack([np.zeros(len(world)), world])
+            flat = True
+        else:
+            world = np.array([shapes.data_to_world(v) for v in verts])[:, -3:]
+            flat = False
+        data = np.array([reference.world_to_data(w) for w in world])[:, -3:]
+        data[:, 0] = np.round(data[:, 0]) if not flat else 0
+        datas.append((data, flat))
+        types.append(kind)
+    roi = np.zeros(shape_zyx, dtype=bool)
+    for (data, flat), kind in zip(datas, types, strict=True):
+        z = int(data[0, 0])
+        if np.ptp(data[:, 0]) > 0:
+            raise RoiError(f"a shape in '{shapes.name}' is not drawn on a single slice")
+        tmp = napari.layers.Shapes([data[:, 1:]], shape_type=kind, ndim=2)
+        mask2d = tmp.to_masks(mask_shape=shape_zyx[1:])[0].astype(bool)
+        if flat or all_slices:
+            roi |= mask2d[None]
+        elif 0 <= z < shape_zyx[0]:
+            roi[z] |= mask2d
+    return roi
+
+
+@dataclass
+class SegmentRequest:
+    """Everything one Run needs, captured when Run is pressed."""
+
+    images: np.ndarray
+    roi: np.ndarray
+    channels: tuple[str, ...]
+    channel_layers: list[Any]
+    reference: Any
+    kwargs: dict[str, Any]
+    roi_description: str
+    output_name: str
+    want_probabilities: bool
+    output: Any = None
+    started: float = field(default_factory=time.perf_counter)
+    written: int = -1
+
+
+_DONE = object()
+
+
+@dataclass
+class CoreError:
+    """A :class:`GmmSegError` from the core, returned (not raised) by :func:`segment_job`."""
+
+    error: GmmSegError
+
+
+def segment_job(request: SegmentRequest, stop: threading.Event):
+    """Generator run by the thread worker: yields :class:`Progress`, returns the Fit.
+
+    The core runs in a helper thread and reports through a queue; reports are
+    coalesced so a slow GUI never falls behind. A :class:`GmmSegError` is
+    returned wrapped in :class:`CoreError` (not raised) so the widget shows its
+    message without a traceback.
+    """
+    from napari_gmmseg.segment import segment
+
+    reports: queue.Queue = queue.Queue()
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["fit"] = segment(
+                request.images,
+                request.roi,
+                channels=request.channels,
+                progress=reports.put,
+                should_stop=stop.is_set,
+                **request.kwargs,
+            )
+        except BaseException as exc:  # handed to the generator's thread below
+            outcome["error"] = exc
+        finally:
+            reports.put(_DONE)
+
+    thread = threading.Thread(target=target, name="gmmseg-segment", daemon=True)
+    thread.start()
+    done = False
+    try:
+        while not done:
+            item = reports.get()
+            latest = None
+            while True:
+                if item is _DONE:
+                    done = True
+                    break
+                latest = item
+                try:
+                    item = reports.get_nowait()
+                except queue.Empty:
+                    break
+            if latest is not None:
+                yield latest
+    finally:
+        if not done:  # the worker was aborted (napari's activity dock): stop the core too
+            stop.set()
+    thread.join()
+    error = outcome.get("error")
+    if isinstance(error, GmmSegError):
+        return CoreError(error)
+    if error is not None:
+        raise error
+    return outcome["fit"]
+
+
+class SegmentWidget(QWidget):
+    """Dock widget: segment scar and edema inside an ROI with GMM, SVGMM or a deep method.
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+        The viewer whose layers are read and written.
+    """
+
+    def __init__(self, napari_viewer: napari.Viewer, parent=None) -> None:
+        import napari
+
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.worker = None
+        self.last_output = None
+        self._stop = threading.Event()
+        self._request: SegmentRequest | None = None
+        self._roi_shown = None
+
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+
+        # ------------------------------------------------------------ input
+        box = QGroupBox("Input")
+        form = QFormLayout(box)
+        self.channel_list = CheckList(rows=5)
+        self.channel_list.setToolTip("Image layers used as channels (same shape)")
+        form.addRow("Channels", self.channel_list)
+
+        self.roi_layer = LayerCombo(
+            napari_viewer, (napari.layers.Labels, napari.layers.Shapes), accept=self._roi_ok
+        )
+        self.roi_layer.setToolTip(
+            "Labels layer (choose its values below) or Shapes layer with a polygon"
+        )
+        form.addRow("ROI", self.roi_layer)
+        self.roi_values = CheckList(rows=5)
+        self.roi_values.setToolTip("Label values that make up the region of interest")
+        self.roi_all_slices = QCheckBox("polygon on every slice")
+        self.roi_all_slices.setToolTip(
+            "Use the drawn shape on all slices (otherwise only on the slice it was drawn on)"
+        )
+        self.roi_hint = QLabel("add a Labels layer or draw a polygon in a Shapes layer")
+        self.roi_hint.setWordWrap(True)
+        for w in (self.roi_values, self.roi_all_slices, self.roi_hint):
+            form.addRow("", w)
+        layout.addWidget(box)
+
+        # ------------------------------------------------------------ model
+        box = QGroupBox("Model")
+        form = QFormLayout(box)
+        self.method = QComboBox()
+        for text, value in METHOD_CHOICES:
+            self.method.addItem(text, value)
+        form.addRow("Method", self.method)
+        file_row = QHBoxLayout()
+        self.model_file = QLineEdit()
+        self.model_file.setPlaceholderText("weights (.pt), optional")
+        self.model_browse = QPushButton("…")
+        self.model_browse.setFixedWidth(28)
+        self.model_browse.clicked.connect(self._browse_model)
+        file_row.addWidget(self.model_file)
+        file_row.addWidget(self.model_browse)
+        self.model_file_label = QLabel("Model file")
+        form.addRow(self.model_file_label, file_row)
+
+        self.n_classes = QSpinBox()
+        self.n_classes.setRange(2, 8)
+        self.n_classes.setValue(4)
+        self.seed = QSpinBox()
+        self.seed.setRange(0, 2**31 - 1)
+        self.seed.setValue(0)
+        row = QHBoxLayout()
+        row.addWidget(self.n_classes)
+        row.addWidget(QLabel("seed"))
+        row.addWidget(self.seed, 1)
+        form.addRow("K", row)
+
+        self.device = QComboBox()
+        self.device.addItems(["auto", "cpu", "cuda"])
+        self.per_slice = QComboBox()
+        self.per_slice.addItem("per slice", True)
+        self.per_slice.addItem("volume", False)
+        row = QHBoxLayout()
+        row.addWidget(self.device)
+        row.addWidget(self.per_slice)
+        form.addRow("Device", row)
+
+        self.tol = QLineEdit("1e-3")
+        validator = QDoubleValidator(0.0, 1e6, 12, self.tol)
+        validator.setNotation(QDoubleValidator.Notation.ScientificNotation)
+        self.tol.setValidator(validator)
+        self.tol.setToolTip(
+            "A slice stops when its NLL changes by less than this between iterations (0: never)"
+        )
+        self.max_iter = QSpinBox()
+        self.max_iter.setRange(1, 100000)
+        self.max_iter.setValue(100)
+        row = QHBoxLayout()
+        row.addWidget(self.tol)
+        self.max_iter_label = QLabel("max iter")
+        row.addWidget(self.max_iter_label)
+        row.addWidget(self.max_iter)
+        form.addRow("Tolerance", row)
+        self.probabilities = QCheckBox("add probability maps")
+        form.addRow("", self.probabilities)
+        layout.addWidget(box)
+
+        # ------------------------------------------------------------ run
+        row = QHBoxLayout()
+        self.run_button = QPushButton("Run")
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        row.addWidget(self.run_button)
+        row.addWidget(self.cancel_button)
+        layout.addLayout(row)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1)
+        self.progress.setValue(0)
+        self.progress.setFormat("idle")
+        layout.addWidget(self.progress)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        layout.addWidget(self.status)
+
+        self.table = QTableWidget(0, 3)
+        self.table.setHorizontalHeaderLabels(["class", "voxels", "mL"])
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
+        fit_table_height(self.table)
+        layout.addWidget(self.table)
+        layout.addStretch(1)
+
+        # ------------------------------------------------------------ wiring
+        self.roi_layer.currentIndexChanged.connect(self._roi_changed)
+        self.method.currentIndexChanged.connect(self._method_changed)
+        events = napari_viewer.layers.events
+        for ev in (events.inserted, events.removed, events.reordered):
+            ev.connect(self._refresh_channels)
+        self._refresh_channels()
+        self._roi_changed()
+        self._method_changed()
+
+    # ---------------------------------------------------------------- helpers
+    @staticmethod
+    def _roi_ok(layer) -> bool:
+        return not layer.metadata.get(META_KEY)  # our own outputs are not ROIs
+
+    def _image_layers(self) -> list[Any]:
+        import napari
+
+        return [
+            lay
+            for lay in self.viewer.layers
+            if isinstance(lay, napari.layers.Image)
+            and not lay.rgb
+            and lay.ndim in (2, 3)
+            and not lay.metadata.get(META_KEY)  # our probability maps
+        ]
+
+    def _refresh_channels(self, *_args) -> None:
+        layers = self._image_layers()
+        previous = self.channel_list.objects()
+        keep = set(map(id, self.channel_list.checked()))
+        entries = []
+        for lay in layers:
+            checked = id(lay) in keep if lay in previous else channel_name(lay) in DEFAULT_CHANNELS
+            name = channel_name(lay)
+            text = lay.name if name == lay.name else f"{lay.name}  [{name}]"
+            entries.append((text, lay, checked))
+        self.channel_list.set_entries(entries)
+
+    def _roi_changed(self, *_args) -> None:
+        import napari
+
+        layer = self.roi_layer.layer()
+        if layer is self._roi_shown and layer is not None:
+            return  # a re-listing of the same layer keeps the user's choice of values
+        self._roi_shown = layer
+        if isinstance(layer, napari.layers.Labels):
+            values = np.unique(np.asarray(layer.data))
+            values = [int(v) for v in values if v != 0]
+            default = [v for v in values if v in LV_ROI_VALUES] or values
+            self.roi_values.set_entries((value_name(v), v, v in default) for v in values)
+            self._show_roi_option(self.roi_values)
+        elif isinstance(layer, napari.layers.Shapes):
+            self._show_roi_option(self.roi_all_slices)
+        else:
+            self._show_roi_option(self.roi_hint)
+
+    def _show_roi_option(self, widget) -> None:
+        for w in (self.roi_values, self.roi_all_slices, self.roi_hint):
+            w.setVisible(w is widget)
+
+    def _method_changed(self, *_args) -> None:
+        method = self.method.currentData()
+        deep = method in DEEP_METHODS
+        self.model_file.setEnabled(deep)
+        self.model_browse.setEnabled(deep)
+        if method == "deepsvg-mu":
+            self.model_file.setPlaceholderText("mu_data .json or weights .pt (optional)")
+        elif deep:
+            self.model_file.setPlaceholderText("trained weights .pt (optional)")
+        else:
+            self.model_file.setPlaceholderText("— (deep methods only)")
+        self.max_iter_label.setText("max epochs" if deep else "max iter")
+        # segment() forwards ``tol`` to the EM methods only; deep methods use their own
+        # stopping rule (napari_gmmseg.deep.DEFAULTS, docs/deep.md).
+        self.tol.setEnabled(not deep)
+        if deep and self.max_iter.value() == 100:
+            self.max_iter.setValue(50)
+        elif not deep and self.max_iter.value() == 50:
+            self.max_iter.setValue(100)
+
+    def _browse_model(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Model file", "", "Model files (*.pt *.pth *.json);;All files (*)"
+        )
+        if path:
+            self.model_file.setText(path)
+
+    # ---------------------------------------------------------------- request
+    def build_request(self) -> SegmentRequest:
+        """Read the chosen layers and options into a :class:`SegmentRequest`.
+
+        Raises
+        ------
+        ModelError, GeometryError, RoiError
+            No channel, layers of different shapes, a missing or empty ROI, or a
+            deep option missing.
+        """
+        import napari
+
+        layers = self.channel_list.checked()
+        if not layers:
+            raise ModelError("choose at least one image layer as a channel")
+        shapes = {lay.name: tuple(lay.data.shape[-3:]) for lay in layers}
+        if len(set(shapes.values())) > 1:
+            listing = ", ".join(f"'{n}' {s}" for n, s in shapes.items())
+            raise GeometryError(f"channel layers have different shapes: {listing}")
+        reference = layers[0]
+        vols = []
+        for lay in layers:
+            arr = np.asarray(lay.data, dtype=np.float32)
+            vols.append(arr[None] if arr.ndim == 2 else arr)
+        images = np.stack(vols, axis=-1)
+        zyx = images.shape[:3]
+
+        roi_layer = self.roi_layer.layer()
+        if roi_layer is None:
+            raise RoiError("no ROI: choose a Labels layer or draw a polygon in a Shapes layer")
+        if isinstance(roi_layer, napari.layers.Labels):
+            data = np.asarray(roi_layer.data)
+            data = data[None] if data.ndim == 2 else data
+            if data.shape != zyx:
+                raise GeometryError(
+                    f"ROI layer '{roi_layer.name}' has shape {data.shape} but the channels "
+                    f"have {zyx}"
+                )
+            values = self.roi_values.checked()
+            if not values:
+                raise RoiError(f"choose at least one label value of '{roi_layer.name}' as ROI")
+            roi = np.isin(data, values)
+            description = f"{roi_layer.name} values {values}"
+        else:
+            roi = roi_from_shapes(roi_layer, reference, zyx, self.roi_all_slices.isChecked())
+            description = f"{roi_layer.name} shapes"
+        if not roi.any():
+            raise RoiError(f"the ROI from '{roi_layer.name}' is empty")
+
+        method = self.method.currentData()
+        kwargs: dict[str, Any] = {
+            "method": method,
+            "n_classes": self.n_classes.value(),
+            "seed": self.seed.value(),
+            "device": self.device.currentText(),
+            "tol": self._tolerance(),
+            "per_slice": bool(self.per_slice.currentData()),
+        }
+        limit = self.max_iter.value()
+        if method in DEEP_METHODS:
+            kwargs["max_epochs"] = limit
+            kwargs["min_epochs"] = min(limit, 10)
+        else:
+            kwargs["max_iter"] = limit
+        kwargs.update(self._deep_options(method))
+        label = dict((v, t) for t, v in METHOD_CHOICES)[method]
+        return SegmentRequest(
+            images=images,
+            roi=roi,
+            channels=tuple(channel_name(lay) for lay in layers),
+            channel_layers=list(layers),
+            reference=reference,
+            kwargs=kwargs,
+            roi_description=description,
+            output_name=f"{label} segmentation",
+            want_probabilities=self.probabilities.isChecked(),
+        )
+
+    def _tolerance(self) -> float:
+        try:
+            tol = float(self.tol.text())
+        except ValueError:
+            raise ModelError(f"tolerance must be a number, got {self.tol.text()!r}") from None
+        if not np.isfinite(tol) or tol < 0:
+            raise ModelError(f"tolerance must be >= 0, got {tol}")
+        return tol
+
+    def _deep_options(self, method: str) -> dict[str, Any]:
+        """``weights=`` for a trained model file, ``mu_data=`` for a JSON table of class means."""
+        from pathlib import Path
+
+        if method not in DEEP_METHODS:
+            return {}
+        text = self.model_file.text().strip()
+        if not text:
+            return {}  # Algorithm 3 (deepSVG_mu: the built-in prior table as mu_data)
+        path = Path(text).expanduser()
+        if not path.is_file():
+            raise ModelError(f"model file not found: {path}")
+        if path.suffix.lower() == ".json":
+            return {"mu_data": path}
+        return {"weights": path}
+
+    # ---------------------------------------------------------------- running
+    @property
+    def running(self) -> bool:
+        """True while a segmentation runs."""
+        return self.worker is not None
+
+    @report_errors
+    def run(self) -> None:
+        """Start segmenting with the current choices (Run button)."""
+        if self.running:
+            return
+        request = self.build_request()
+        self.start(request)
+
+    def start(self, request: SegmentRequest):
+        """Run ``request`` in a napari thread worker; returns the worker."""
+        from napari.qt.threading import create_worker
+
+        self._stop = threading.Event()
+        self._request = request
+        total = int(request.roi.any(axis=(1, 2)).sum()) if request.kwargs["per_slice"] else 1
+        self.progress.setRange(0, max(total, 1))
+        self.progress.setValue(0)
+        self.progress.setFormat("%v / %m slices")
+        self.status.setText("starting…")
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        # Collect garbage here, in the GUI thread: a collection triggered later in the
+        # worker threads must never finalise Qt objects left over from closed widgets.
+        gc.collect()
+        worker = create_worker(segment_job, request, self._stop, _start_thread=False)
+        worker.yielded.connect(self._worker_yielded)
+        worker.returned.connect(self._worker_returned)
+        worker.errored.connect(self._worker_failed)
+        worker.aborted.connect(self._worker_failed)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        worker.start()
+        return worker
+
+    # Slots of the running worker; the request is the one captured when Run was pressed.
+    def _worker_yielded(self, p: Progress) -> None:
+        if self._request is not None:
+            self._on_progress(self._request, p)
+
+    def _worker_returned(self, outcome) -> None:
+        if self._request is not None:
+            self._on_returned(self._request, outcome)
+
+    def _worker_failed(self, *_args) -> None:
+        if self._request is not None:
+            self._discard(self._request)
+
+    def cancel(self, *_args) -> None:
+        """Ask the running fit to stop after its current iteration/epoch; keeps finished slices."""
+        if self.running:
+            self._stop.set()
+            self.cancel_button.setEnabled(False)
+            self.status.setText("cancelling… (finished slices are kept)")
+
+    def _on_progress(self, request: SegmentRequest, p: Progress) -> None:
+        total = max(int(p.slices_total), 1)
+        self.progress.setRange(0, total)
+        self.progress.setValue(int(p.slices_done))
+        elapsed = time.perf_counter() - request.started
+        left = self._time_left(request, p, elapsed)
+        nll = "" if not np.isfinite(p.nll) else f" · NLL {p.nll:.3f}"
+        self.status.setText(
+            f"{p.slices_done}/{p.slices_total} slices · iteration {p.iteration}{nll} · {left}"
+        )
+        partial = p.partial
+        if partial is not None and p.slices_done > request.written:
+            finished = np.asarray(p.finished, dtype=np.int64)
+            layer = self._output_layer(request, np.zeros(request.roi.shape, np.int32))
+            if finished.size and finished.min() >= 0:
+                layer.data[finished] = partial.labels[finished]
+            else:  # whole-volume fits report no slice indices
+                layer.data[...] = partial.labels
+            layer.refresh()
+            request.written = int(p.slices_done)
+
+    @staticmethod
+    def _time_left(request: SegmentRequest, p: Progress, elapsed: float) -> str:
+        estimates = []
+        if p.slices_done > 0:
+            estimates.append(elapsed / p.slices_done * (p.slices_total - p.slices_done))
+        limit = request.kwargs.get("max_iter", request.kwargs.get("max_epochs", 0))
+        if p.iteration > 0:
+            estimates.append(elapsed / p.iteration * max(limit - p.iteration, 0))
+        if not estimates:
+            return "estimating time left…"
+        return f"~{min(estimates):.0f} s left"
+
+    def _output_layer(self, request: SegmentRequest, data: np.ndarray):
+        if request.output is None:
+            ref = request.reference
+            request.output = self.viewer.add_labels(
+                data,
+                name=request.output_name,
+                colormap=tissue_colormap(),
+                scale=ref.scale,
+                translate=ref.translate,
+                rotate=ref.rotate,
+                shear=ref.shear,
+                opacity=0.6,
+                metadata={META_KEY: {"running": True}},
+            )
+        return request.output
+
+    def _discard(self, request: SegmentRequest) -> None:
+        if request.output is not None and request.output in self.viewer.layers:
+            self.viewer.layers.remove(request.output)
+        request.output = None
+
+    def _on_returned(self, request: SegmentRequest, outcome) -> None:
+        if isinstance(outcome, CoreError):
+            self._discard(request)
+            show_error(str(outcome.error))
+            self.status.setText(f"error: {outcome.error}")
+            return
+        try:
+            layer = self._finish(request, outcome)
+        except GmmSegError as exc:
+            self._discard(request)
+            show_error(str(exc))
+            return
+        self.last_output = layer
+        done = int(np.count_nonzero(outcome.finished))
+        total = int(outcome.finished.size)
+        self.progress.setRange(0, max(total, 1))
+        self.progress.setValue(done)
+        if outcome.cancelled:
+            msg = f"cancelled: kept {done} of {total} slices in '{layer.name}'"
+            show_info(msg)
+        else:
+            msg = f"done in {outcome.seconds:.1f} s: {total} slices in '{layer.name}'"
+        self.status.setText(msg)
+
+    def _finish(self, request: SegmentRequest, fit: Fit):
+        """Write a finished (or cancelled) fit into its output layer and add the extras."""
+        labels = np.asarray(fit.labels, dtype=np.int32)
+        layer = self._output_layer(request, labels)
+        layer.data = labels
+        ref = request.reference
+        spacing = layer_spacing(ref)
+        voxel_ml = float(np.prod(spacing)) / 1000.0
+        features = tissue_features(labels, voxel_ml)
+        layer.features = features
+        from napari_gmmseg._reader import CHANNEL_KEY, SOURCE_KEY
+
+        metadata = dict(ref.metadata)  # the source geometry and case id, for Export
+        metadata.pop(CHANNEL_KEY, None)
+        metadata.pop(SOURCE_KEY, None)
+        metadata[META_KEY] = {
+            "method": fit.method,
+            "params": dict(fit.params),
+            "options": {
+                k: (str(v) if k in ("weights", "mu_data") else v) for k, v in request.kwargs.items()
+            },
+            "seed": request.kwargs["seed"],
+            "version": __version__,
+            "channels": list(request.channels),
+            "channel_layers": [lay.name for lay in request.channel_layers],
+            "roi": request.roi_description,
+            "seconds": float(fit.seconds),
+            "slices_finished": int(np.count_nonzero(fit.finished)),
+            "cancelled": bool(fit.cancelled),
+            "spacing_mm": list(spacing),
+        }
+        metadata[FIT_KEY] = fit
+        metadata[INPUTS_KEY] = {
+            "images": request.images,
+            "roi": request.roi,
+            "channels": request.channels,
+        }
+        layer.metadata = metadata
+        self._show_table(features)
+        if request.want_probabilities and fit.probabilities is not None:
+            self._add_probabilities(request, fit, layer)
+        return layer
+
+    def _show_table(self, features) -> None:
+        self.table.setRowCount(len(features))
+        for i, row in enumerate(features.itertuples(index=False)):
+            self.table.setItem(i, 0, QTableWidgetItem(str(row[1])))
+            self.table.setItem(i, 1, QTableWidgetItem(f"{row[2]:d}"))
+            self.table.setItem(i, 2, QTableWidgetItem(f"{row[3]:.2f}"))
+        fit_table_height(self.table)
+
+    def _add_probabilities(self, request: SegmentRequest, fit: Fit, layer) -> None:
+        from napari.utils.colormaps import Colormap
+
+        probs = np.asarray(fit.probabilities, dtype=np.float32)
+        for k, tissue in enumerate(CLASSES[: probs.shape[-1]]):
+            r, g, b, _ = tissue.color
+            cmap = Colormap([[0, 0, 0, 0], [r, g, b, 1]], name=f"gmmseg {tissue.name}")
+            self.viewer.add_image(
+                probs[..., k],
+                name=f"{layer.name} p({tissue.name})",
+                colormap=cmap,
+                contrast_limits=(0.0, 1.0),
+                blending="additive",
+                visible=False,
+                scale=layer.scale,
+                translate=layer.translate,
+                rotate=layer.rotate,
+                shear=layer.shear,
+                metadata={META_KEY: {"probability_of": tissue.name, "labels": layer.name}},
+            )
+
+    def _on_finished(self) -> None:
+        self.worker = None
+        self._request = None
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+
+    def closeEvent(self, event) -> None:
+        """Stop a running fit when the dock closes."""
+        self._stop.set()
+        super().closeEvent(event)
