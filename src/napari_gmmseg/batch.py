@@ -1,0 +1,842 @@
+"""Dataset evaluation: segment every case with every method, score, tabulate.
+
+:func:`evaluate_dataset` is what ``napari-gmmseg evaluate`` and ``napari-gmmseg
+demo`` run. For every case of a dataset (MyoPS layout or one folder per case,
+found by :func:`napari_gmmseg.io.discover_cases`) and every method it
+
+1. segments the case inside the ROI (ground-truth LV by default) with
+   :func:`napari_gmmseg.segment.segment_case`, unless ``OUT/<method>/<case>.nii.gz``
+   already exists (resumable; ``force=True`` recomputes);
+2. writes the label map with MyoPS values on the source geometry
+   (:func:`napari_gmmseg.io.save_labels`, atomic) and a small provenance sidecar
+   ``OUT/<method>/<case>.json`` (runtime, options);
+3. scores the *saved* label map against the ground truth
+   (:func:`napari_gmmseg.metrics.evaluate_labels`), so a resumed run gives the
+   same tables as a fresh one.
+
+Then it writes ``OUT/metrics.csv`` (one row per case, method, slice or volume and
+class), ``OUT/summary.json`` (aggregates, failures with their error message,
+runtimes, versions, options) and returns the paper-style table as text.
+A case that fails (unreadable file, empty ROI, ...) is recorded in the summary
+and the others finish. With ``scheduler`` set, cases run as Dask distributed
+tasks (one task per case, all methods) with identical outputs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _stdio
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_gmmseg._version import __version__
+from napari_gmmseg.errors import CaseLoadError, GeometryError, GmmSegError, ModelError, RoiError
+from napari_gmmseg.labels import CLASS_NAMES, LV_ROI_VALUES
+from napari_gmmseg.metrics import LV_MYOCARDIUM_NAME
+
+#: Column order of ``metrics.csv``.
+CSV_COLUMNS: tuple[str, ...] = (
+    "case",
+    "method",
+    "level",
+    "slice",
+    "class",
+    "dice",
+    "dice_named",
+    "hd95_mm",
+    "pred_ml",
+    "gt_ml",
+    "pred_pct",
+    "gt_pct",
+    "gt_present",
+    "pred_present",
+    "all_classes",
+)
+#: Columns of the Dice tables: the four classes, their mean, and the LV myocardium.
+TABLE_CLASSES: tuple[str, ...] = (*CLASS_NAMES, LV_MYOCARDIUM_NAME)
+
+
+@dataclass
+class CaseOutcome:
+    """What happened to one (case, method) pair.
+
+    Attributes
+    ----------
+    case_id, method : str
+        The pair.
+    status : str
+        ``"segmented"``, ``"skipped"`` (label map already there, re-scored) or ``"failed"``.
+    seconds : float or None
+        Fit wall time (from the sidecar for skipped cases; None when unknown).
+    error : str or None
+        ``"ExceptionType: message"`` for a failure.
+    label_path : str or None
+        The label map written or reused.
+    rows : list of dict
+        Metric rows (see :func:`napari_gmmseg.metrics.evaluate_labels`) with
+        ``case`` and ``method`` added; empty without ground truth.
+    info : dict
+        Fit provenance (iterations, convergence, options) when known.
+    """
+
+    case_id: str
+    method: str
+    status: str
+    seconds: float | None = None
+    error: str | None = None
+    label_path: str | None = None
+    rows: list[dict] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Evaluation:
+    """Result of :func:`evaluate_dataset`.
+
+    Attributes
+    ----------
+    outcomes : list of CaseOutcome
+        Sorted by case then method order.
+    rows : list of dict
+        Every metric row (the content of ``metrics.csv``).
+    summary : dict
+        The content of ``summary.json``.
+    table : str
+        The paper-style text table.
+    out_dir : Path
+        Output folder.
+    """
+
+    outcomes: list[CaseOutcome]
+    rows: list[dict]
+    summary: dict[str, Any]
+    table: str
+    out_dir: Path
+
+    @property
+    def failures(self) -> list[CaseOutcome]:
+        """Outcomes that failed."""
+        return [o for o in self.outcomes if o.status == "failed"]
+
+
+# --------------------------------------------------------------------------- helpers
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these are ordinary result files
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    return str(obj)
+
+
+def _error_text(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _resolve_roi(roi: str | os.PathLike | None, case) -> np.ndarray | None:
+    """The ROI mask of one case: ground-truth LV, or read from a file / a folder of files."""
+    from napari_gmmseg import io
+
+    if roi is None or (isinstance(roi, str) and roi.lower() == "gt"):
+        if case.labels is None:
+            raise RoiError(
+                f"case {case.case_id}: no ground-truth mask, so the default ROI (ground-truth LV) "
+                "is undefined; give --roi FILE"
+            )
+        mask = case.roi(LV_ROI_VALUES)
+    else:
+        path = Path(roi)
+        if path.is_dir():
+            hits = sorted(
+                p
+                for p in path.iterdir()
+                if p.name.lower().endswith((".nii.gz", ".nii", ".mha", ".nrrd"))
+                and case.case_id in p.name.split(".")[0].replace("-", "_").split("_")
+            )
+            if not hits:
+                raise RoiError(f"case {case.case_id}: no ROI file for it in {path}")
+            path = hits[0]
+        arr, geometry = io.read_volume(path)
+        if tuple(arr.shape) != tuple(case.shape) or not geometry.same_grid(case.geometry):
+            raise GeometryError(
+                f"case {case.case_id}: ROI {path} is on grid {geometry} but the case is on "
+                f"{case.geometry}"
+            )
+        arr = np.asarray(arr)
+        lv = np.isin(arr, np.asarray(LV_ROI_VALUES))
+        mask = lv if lv.any() else arr != 0
+    if not mask.any():
+        raise RoiError(f"case {case.case_id}: the ROI is empty")
+    return mask
+
+
+def _method_kwargs(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Options for one method: ``deep_*``-only options go to deep methods only."""
+    out = {}
+    for key, value in options.items():
+        if value is None:
+            continue
+        if key in _DEEP_ONLY and not method.startswith("deep"):
+            continue
+        out[key] = value
+    return out
+
+
+#: Options that only deep methods accept.
+_DEEP_ONLY = frozenset(
+    {
+        "max_epochs",
+        "min_epochs",
+        "lr",
+        "weight_decay",
+        "clip_norm",
+        "lam",
+        "mu_data",
+        "weights",
+        "network",
+        "amp",
+    }
+)
+
+
+def _presence_rule(presence: Any):
+    """The presence rule to apply after each fit, or None for the paper's fixed K."""
+    if presence is None or (isinstance(presence, str) and presence == "none"):
+        return None
+    from napari_gmmseg.presence import as_rule
+
+    rule = as_rule(presence)
+    return None if rule.rule == "none" else rule
+
+
+def evaluate_case(
+    source,
+    methods: Sequence[str],
+    out_dir: str | os.PathLike,
+    *,
+    roi: str | os.PathLike | None = "gt",
+    force: bool = False,
+    options: Mapping[str, Any] | None = None,
+    with_hd95: bool = False,
+    empty: float = float("nan"),
+    presence: Any = None,
+    on_done: Callable[[CaseOutcome], None] | None = None,
+    on_progress: Callable[[str, str, Any], None] | None = None,
+) -> list[CaseOutcome]:
+    """Segment (or reuse) and score one case with every method; never raises for the case.
+
+    Parameters
+    ----------
+    source : napari_gmmseg.io.CaseSource
+        The case (loaded here, once for all methods).
+    methods : sequence of str
+        Method names (:data:`napari_gmmseg.segment.METHODS`).
+    out_dir : path-like
+        Output root; label maps go to ``out_dir/<method>/<case>.nii.gz``.
+    roi, force, options, with_hd95, empty, presence
+        See :func:`evaluate_dataset`.
+    on_done : callable, optional
+        Called with each :class:`CaseOutcome` as soon as it is known.
+    on_progress : callable, optional
+        Called with ``(case_id, method, napari_gmmseg.fit.Progress)`` while a method runs.
+
+    Returns
+    -------
+    list of CaseOutcome
+        One per method, in ``methods`` order.
+    """
+    from napari_gmmseg import io
+    from napari_gmmseg.metrics import evaluate_labels
+
+    out_dir = Path(out_dir)
+    options = dict(options or {})
+    rule = _presence_rule(presence)
+    requested = _jsonable({"options": options, "presence": None if rule is None else asdict(rule)})
+    case_id = source.case_id
+    outcomes: list[CaseOutcome] = []
+
+    def done(outcome: CaseOutcome) -> None:
+        outcomes.append(outcome)
+        if on_done is not None:
+            on_done(outcome)
+
+    try:
+        case = source.load()
+        roi_mask = _resolve_roi(roi, case)
+    except Exception as exc:  # one broken case must not stop the batch
+        for method in methods:
+            done(CaseOutcome(case_id, method, "failed", error=_error_text(exc)))
+        return outcomes
+
+    for method in methods:
+        label_path = out_dir / method / f"{case_id}.nii.gz"
+        sidecar = label_path.with_name(f"{case_id}.json")
+        try:
+            if label_path.exists() and not force:
+                status = "skipped"
+                labels, geometry = io.read_labels(label_path, with_geometry=True)
+                if tuple(labels.shape) != tuple(case.shape) or not geometry.same_grid(
+                    case.geometry
+                ):
+                    raise GeometryError(
+                        f"{label_path}: grid {geometry} does not match case {case.case_id} "
+                        f"({case.geometry}); rerun with --force"
+                    )
+                info = json.loads(sidecar.read_text()) if sidecar.exists() else {}
+                seconds = info.get("seconds")
+                if info.get("requested", requested) != requested:
+                    info = {
+                        **info,
+                        "warning": f"{label_path} was made with other options "
+                        f"({info.get('requested')}); use --force or another --out to redo it",
+                    }
+            else:
+                from napari_gmmseg.segment import segment_case
+
+                status = "segmented"
+                kwargs = _method_kwargs(method, options)
+                if on_progress is not None:
+                    kwargs["progress"] = lambda p, m=method: on_progress(case_id, m, p)
+                fit = segment_case(case, roi=roi_mask, method=method, **kwargs)
+                labels = np.asarray(fit.labels, dtype=np.int32)
+                if fit.cancelled:
+                    raise ModelError(f"{method} on case {case_id} was cancelled")
+                if rule is not None:
+                    from napari_gmmseg.presence import apply_presence
+
+                    fit = apply_presence(fit, rule, channels=case.channels, images=case.images)
+                    labels = np.asarray(fit.labels, dtype=np.int32)
+                io.save_labels(labels, case.geometry, label_path, overwrite=force)
+                seconds = float(fit.seconds)
+                info = {
+                    "case": case_id,
+                    "method": method,
+                    "seconds": seconds,
+                    "n_slices_fitted": len(fit.slice_index),
+                    "mean_iterations": float(np.mean(fit.n_iter_)) if len(fit.n_iter_) else 0.0,
+                    "converged_fraction": float(np.mean(fit.converged_))
+                    if len(fit.converged_)
+                    else 0.0,
+                    "params": _jsonable(fit.params),
+                    "requested": requested,
+                    "version": __version__,
+                }
+                _atomic_write_text(sidecar, json.dumps(_jsonable(info), indent=1))
+            rows = []
+            if case.labels is not None:
+                for row in evaluate_labels(
+                    labels,
+                    case.labels,
+                    case.spacing_mm,
+                    roi=roi_mask,
+                    with_hd95=with_hd95,
+                    empty=empty,
+                ):
+                    rows.append({"case": case_id, "method": method, **row})
+            done(CaseOutcome(case_id, method, status, seconds, None, str(label_path), rows, info))
+        except Exception as exc:  # recorded in the summary; the other methods and cases go on
+            done(CaseOutcome(case_id, method, "failed", error=_error_text(exc)))
+    return outcomes
+
+
+# --------------------------------------------------------------------------- progress
+class _Bar:
+    """Terminal progress bar over (case, method) units (tqdm), or a callback."""
+
+    def __init__(self, total: int, progress) -> None:
+        self.callback = progress if callable(progress) else None
+        self.bar = None
+        self.done = 0
+        self.total = total
+        if progress is True:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, unit="run", desc="evaluate", file=sys.stderr)
+
+    def running(self, case_id: str, method: str, progress) -> None:
+        """Show a running fit's slices and iteration (at most twice a second)."""
+        now = time.monotonic()
+        if self.bar is None or now - getattr(self, "_last", 0.0) < 0.5:
+            return
+        self._last = now
+        self.bar.set_postfix_str(
+            f"{case_id} {method} slices {progress.slices_done}/{progress.slices_total} "
+            f"iteration {progress.iteration}"
+        )
+
+    def update(self, outcome: CaseOutcome) -> None:
+        self.done += 1
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"{outcome.case_id} {outcome.method} {outcome.status}")
+            self.bar.update(1)
+        if self.callback is not None:
+            self.callback(self.done, self.total, outcome)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# --------------------------------------------------------------------------- main entry
+def evaluate_dataset(
+    dataset: str | os.PathLike,
+    methods: Sequence[str],
+    out_dir: str | os.PathLike,
+    *,
+    roi: str | os.PathLike | None = "gt",
+    force: bool = False,
+    scheduler: str | Any | None = None,
+    progress: bool | Callable[[int, int, CaseOutcome], None] = True,
+    options: Mapping[str, Any] | None = None,
+    with_hd95: bool = False,
+    empty: float = float("nan"),
+    presence: Any = None,
+    cases: Sequence[str] | None = None,
+    plots: bool = True,
+) -> Evaluation:
+    """Evaluate segmentation methods on a whole dataset.
+
+    Parameters
+    ----------
+    dataset : path-like
+        Dataset root (MyoPS layout or one folder per case).
+    methods : sequence of str
+        Methods to run, e.g. ``("gmm", "svgmm", "deepsvg")``.
+    out_dir : path-like
+        Output folder (created). Existing label maps are reused unless ``force``.
+    roi : "gt", path or None
+        ``"gt"`` (default): the ground-truth LV (labels 500, 200, 1220, 2221). A file:
+        a mask on the case grid (LV values if present, else every non-zero voxel);
+        a folder: one such file per case, found by case id in its name.
+    force : bool
+        Re-segment cases whose label map exists (and overwrite it).
+    scheduler : str or distributed.Client, optional
+        Address of a Dask distributed scheduler (or a client): cases run as tasks
+        on its workers, which must see the same paths. Outputs are identical.
+    progress : bool or callable
+        True: terminal progress bar; a callable gets ``(done, total, outcome)``.
+    options : mapping, optional
+        Keyword options for :func:`napari_gmmseg.segment.segment_case` (``seed``,
+        ``device``, ``max_iter``, ``tol``, ...; ``max_epochs`` and other deep-only
+        options are passed to deep methods only).
+    with_hd95 : bool
+        Also compute HD95 (mm).
+    empty : float
+        Dice of a class absent from prediction and ground truth (NaN = excluded).
+    presence : PresenceRule, str, dict or None
+        Per-slice class presence applied to every fit
+        (:func:`napari_gmmseg.presence.apply_presence`); None or ``"none"`` keeps the
+        paper's fixed K = 4.
+    cases : sequence of str, optional
+        Only these case ids.
+    plots : bool
+        Write ``bland_altman.png`` (burden agreement per slice, see
+        :func:`napari_gmmseg.agreement.write_bland_altman`) beside the table.
+
+    Returns
+    -------
+    Evaluation
+        Outcomes, rows, summary and table; files written to ``out_dir``.
+
+    Raises
+    ------
+    CaseLoadError
+        The dataset folder holds no case.
+    ModelError
+        Unknown method name.
+    """
+    from napari_gmmseg import io
+
+    t0 = time.perf_counter()
+    methods = list(dict.fromkeys(m.strip().lower() for m in methods if m.strip()))
+    if not methods:
+        raise ModelError("no method given")
+    try:
+        from napari_gmmseg.segment import METHODS
+    except ImportError:  # pragma: no cover - engine not installed
+        METHODS = ("gmm", "svgmm", "deepg", "deepsvg", "deepsvg-mu")
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ModelError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+    dataset = Path(dataset)
+    sources = io.discover_cases(dataset)
+    if cases is not None:
+        wanted = {str(c) for c in cases}
+        sources = [s for s in sources if s.case_id in wanted]
+    if not sources:
+        raise CaseLoadError(f"{dataset}: no case found (MyoPS layout or one folder per case)")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    options = dict(options or {})
+    rule = _presence_rule(presence)  # validated before any case runs
+    kw = dict(
+        roi=roi, force=force, options=options, with_hd95=with_hd95, empty=empty, presence=rule
+    )
+    bar = _Bar(len(sources) * len(methods), progress)
+    outcomes: list[CaseOutcome] = []
+    try:
+        if scheduler is None:
+            for src in sources:
+                outcomes += evaluate_case(
+                    src, methods, out_dir, on_done=bar.update, on_progress=bar.running, **kw
+                )
+        else:
+            outcomes = _run_distributed(scheduler, sources, methods, out_dir, kw, bar)
+    finally:
+        bar.close()
+    order = {m: i for i, m in enumerate(methods)}
+    outcomes.sort(key=lambda o: (o.case_id, order[o.method]))
+    rows = [row for o in outcomes for row in o.rows]
+    wall = time.perf_counter() - t0
+    aggregates = summarize(rows, outcomes, methods)
+    table = format_table(aggregates, methods)
+    summary = {
+        "dataset": str(dataset.resolve()),
+        "out_dir": str(out_dir.resolve()),
+        "methods": methods,
+        "roi": "gt" if roi is None or str(roi).lower() == "gt" else str(roi),
+        "force": force,
+        "options": options,
+        "with_hd95": with_hd95,
+        "presence": None if rule is None else asdict(rule),
+        "empty_class_dice": "nan (excluded from means)" if math.isnan(empty) else empty,
+        "scheduler": None if scheduler is None else str(getattr(scheduler, "scheduler", scheduler)),
+        "cases": [s.case_id for s in sources],
+        "n_cases": len(sources),
+        "wall_seconds": wall,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "versions": _versions(),
+        "failures": [
+            {"case": o.case_id, "method": o.method, "error": o.error}
+            for o in outcomes
+            if o.status == "failed"
+        ],
+        "runs": [{k: v for k, v in asdict(o).items() if k != "rows"} for o in outcomes],
+        "warnings": [
+            f"{o.case_id} {o.method}: {o.info['warning']}" for o in outcomes if "warning" in o.info
+        ],
+        "aggregates": aggregates,
+        "table": table,
+    }
+    write_csv(rows, out_dir / "metrics.csv")
+    if rows and plots:
+        summary["bland_altman"] = _bland_altman(rows, out_dir, summary["warnings"])
+    _atomic_write_text(out_dir / "summary.json", json.dumps(_jsonable(summary), indent=1))
+    return Evaluation(outcomes, rows, summary, table, out_dir)
+
+
+def _bland_altman(rows: list[dict], out_dir: Path, warnings: list[str]) -> dict | None:
+    """Burden Bland-Altman plot ``bland_altman.png`` (per slice) and its statistics."""
+    try:
+        from napari_gmmseg.agreement import write_bland_altman
+    except ImportError:  # pragma: no cover - optional module
+        return None
+    try:
+        return write_bland_altman(rows, out_dir / "bland_altman.png", overwrite=True)
+    except Exception as exc:  # a plot must not lose the metrics already written
+        warnings.append(f"bland_altman.png not written: {_error_text(exc)}")
+        return None
+
+
+def _run_distributed(scheduler, sources, methods, out_dir, kw, bar) -> list[CaseOutcome]:
+    """One Dask task per case; results gathered as they complete."""
+    try:
+        from distributed import Client, as_completed
+    except ImportError as exc:  # pragma: no cover - optional extra
+        raise ModelError(
+            "--scheduler needs dask distributed: pip install 'napari-gmmseg[dask]'"
+        ) from exc
+    own = not isinstance(scheduler, Client)
+    try:
+        client = Client(scheduler, timeout="20s") if own else scheduler
+    except (OSError, TimeoutError) as exc:
+        raise GmmSegError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from exc
+    try:
+        futures = [
+            client.submit(
+                evaluate_case,
+                src,
+                methods,
+                out_dir,
+                pure=False,  # a fresh task every call, even for the same case
+                **kw,
+            )
+            for src in sources
+        ]
+        outcomes: list[CaseOutcome] = []
+        for fut in as_completed(futures):
+            try:
+                result = fut.result()
+            except Exception as exc:  # a worker died: report the case, go on
+                idx = futures.index(fut)
+                result = [
+                    CaseOutcome(sources[idx].case_id, m, "failed", error=_error_text(exc))
+                    for m in methods
+                ]
+            for outcome in result:
+                bar.update(outcome)
+            outcomes += result
+        return outcomes
+    finally:
+        if own:
+            client.close()
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {"napari-gmmseg": __version__, "python": platform.python_version()}
+    for pkg in ("numpy", "scipy", "torch", "monai", "nibabel", "SimpleITK", "dask", "distributed"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+# --------------------------------------------------------------------------- CSV
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool | np.bool_):
+        return "1" if value else "0"
+    if isinstance(value, float | np.floating):
+        return "nan" if not math.isfinite(float(value)) else f"{float(value):.6g}"
+    return str(value)
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
+    """Write metric rows to ``path`` (atomic) with :data:`CSV_COLUMNS`; volume rows get slice "volume"."""
+    buf = _stdio.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for row in rows:
+        values = []
+        for col in CSV_COLUMNS:
+            v = row.get(col, "")
+            if col == "slice" and row.get("level") == "volume":
+                v = "volume"
+            values.append(_fmt(v))
+        writer.writerow(values)
+    path = Path(path)
+    _atomic_write_text(path, buf.getvalue())
+    return path
+
+
+def read_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read ``metrics.csv`` back (numbers as float, flags as bool, slice as int or "volume")."""
+    out = []
+    with open(path, newline="") as fh:
+        for row in csv.DictReader(fh):
+            r: dict[str, Any] = dict(row)
+            for col in ("dice", "dice_named", "hd95_mm", "pred_ml", "gt_ml", "pred_pct", "gt_pct"):
+                r[col] = float(r[col])
+            for col in ("gt_present", "pred_present", "all_classes"):
+                r[col] = r[col] == "1"
+            r["slice"] = r["slice"] if r["slice"] == "volume" else int(r["slice"])
+            out.append(r)
+    return out
+
+
+# --------------------------------------------------------------------------- tables
+def _stat(values: Sequence[float]) -> dict[str, Any]:
+    arr = np.asarray(values, dtype=np.float64)
+    ok = arr[np.isfinite(arr)]
+    return {
+        "mean": float(ok.mean()) if ok.size else None,
+        "std": float(ok.std()) if ok.size else None,
+        "n": int(ok.size),
+        "excluded": int(arr.size - ok.size),
+    }
+
+
+def _dice_block(rows: list[dict], key: str, keep: Callable[[dict], bool]) -> dict[str, Any]:
+    """Mean ± std per class and of the per-unit class mean, over the units kept."""
+    units: dict[tuple, dict[str, float]] = {}
+    for r in rows:
+        if keep(r):
+            units.setdefault((r["case"], r["slice"]), {})[r["class"]] = r[key]
+    block: dict[str, Any] = {"n_units": len(units)}
+    for name in TABLE_CLASSES:
+        block[name] = _stat([u.get(name, np.nan) for u in units.values()])
+    means = []
+    for u in units.values():
+        vals = np.asarray([u.get(n, np.nan) for n in CLASS_NAMES], dtype=np.float64)
+        means.append(float(np.nanmean(vals)) if np.isfinite(vals).any() else np.nan)
+    block["mean"] = _stat(means)
+    return block
+
+
+def summarize(
+    rows: Sequence[Mapping[str, Any]], outcomes: Sequence[CaseOutcome], methods: Sequence[str]
+) -> dict[str, Any]:
+    """Aggregate metric rows per method (the numbers behind the printed table).
+
+    For each method: ``slice_paper`` (matched Dice over slices whose ground truth
+    holds all four classes, the paper's protocol), ``slice_all`` (matched, every
+    slice with ground truth), ``volume`` (matched per slice, scored per volume),
+    ``volume_named`` (as labelled by the method), ``burden`` (per case: mean
+    predicted and true scar / edema % of LV myocardium and volume in mL, bias =
+    mean(pred - GT), MAE = mean |pred - GT|), ``hd95_mm`` per volume when computed,
+    and ``runtime`` (cases segmented / skipped / failed, mean fit seconds per case).
+    Each statistic carries ``n`` (values used) and ``excluded`` (NaN values left out).
+    """
+    out: dict[str, Any] = {}
+    for method in methods:
+        mrows = [r for r in rows if r["method"] == method]
+        vol = [r for r in mrows if r["level"] == "volume"]
+        sl = [r for r in mrows if r["level"] == "slice"]
+        agg: dict[str, Any] = {
+            "slice_paper": _dice_block(sl, "dice", lambda r: bool(r["all_classes"])),
+            "slice_all": _dice_block(sl, "dice", lambda r: True),
+            "volume": _dice_block(vol, "dice", lambda r: True),
+            "volume_named": _dice_block(vol, "dice_named", lambda r: True),
+        }
+        if any(np.isfinite(r["hd95_mm"]) for r in vol):
+            agg["hd95_mm"] = _dice_block(vol, "hd95_mm", lambda r: True)
+        burden: dict[str, Any] = {}
+        for name, unit in (("scar", "pct"), ("edema", "pct"), ("scar", "ml"), ("edema", "ml")):
+            pairs = np.asarray(
+                [(r[f"pred_{unit}"], r[f"gt_{unit}"]) for r in vol if r["class"] == name],
+                dtype=np.float64,
+            ).reshape(-1, 2)
+            diff = pairs[:, 0] - pairs[:, 1]
+            ok = np.isfinite(diff)
+            burden[f"{name}_{unit}"] = {
+                "pred": _stat(pairs[:, 0]),
+                "gt": _stat(pairs[:, 1]),
+                "bias": float(diff[ok].mean()) if ok.any() else None,
+                "mae": float(np.abs(diff[ok]).mean()) if ok.any() else None,
+                "n": int(ok.sum()),
+            }
+        agg["burden"] = burden
+        mo = [o for o in outcomes if o.method == method]
+        secs = [o.seconds for o in mo if o.status != "failed" and o.seconds is not None]
+        agg["runtime"] = {
+            "segmented": sum(o.status == "segmented" for o in mo),
+            "skipped": sum(o.status == "skipped" for o in mo),
+            "failed": sum(o.status == "failed" for o in mo),
+            "seconds_per_case": _stat(secs),
+        }
+        out[method] = agg
+    return out
+
+
+def _pm(stat: Mapping[str, Any] | None, digits: int = 2) -> str:
+    if not stat or stat.get("mean") is None:
+        return "-"
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def _num(v: float | None, digits: int = 1) -> str:
+    return "-" if v is None else f"{v:+.{digits}f}" if digits < 0 else f"{v:.{digits}f}"
+
+
+def format_table(aggregates: Mapping[str, Any], methods: Sequence[str]) -> str:
+    """Paper-style text table: Dice mean ± std per class, methods side by side, burden, runtime."""
+    lines: list[str] = []
+    heads = ["blood", "myocardium", "edema", "scar", "mean", "LV myo"]
+    keys = [*CLASS_NAMES, "mean", LV_MYOCARDIUM_NAME]
+    w = max(12, *(len(m) + 1 for m in methods))
+
+    def block(title: str, name: str, digits: int = 2) -> None:
+        present = [m for m in methods if name in aggregates.get(m, {})]
+        if not present:
+            return
+        lines.append(title)
+        lines.append(f"{'method':<{w}}{'n':>5}  " + "".join(f"{h:>14}" for h in heads))
+        excluded = []
+        for m in present:
+            b = aggregates[m][name]
+            cells = "".join(f"{_pm(b.get(k), digits):>14}" for k in keys)
+            lines.append(f"{m:<{w}}{b['n_units']:>5}  {cells}")
+            ex = {h: b[k]["excluded"] for h, k in zip(heads, keys, strict=True) if b[k]["excluded"]}
+            if ex:
+                excluded.append(f"{m}: " + ", ".join(f"{h} {n}" for h, n in ex.items()))
+        if excluded:
+            lines.append(
+                "  excluded (class empty in both prediction and GT): " + "; ".join(excluded)
+            )
+        lines.append("")
+
+    block(
+        "Dice per slice (paper protocol: slices holding all 4 classes, labels matched per slice)",
+        "slice_paper",
+    )
+    block("Dice per slice (every slice with ground truth, matched per slice)", "slice_all")
+    block("Dice per volume (labels matched per slice)", "volume")
+    block("Dice per volume, labels as named by the method (no ground truth used)", "volume_named")
+    block("HD95 per volume in mm (matched labels)", "hd95_mm", digits=1)
+    lines.append("Burden per case, % of LV myocardium (prediction as named vs ground truth)")
+    lines.append(
+        f"{'method':<{w}}"
+        + "".join(
+            f"{h:>12}"
+            for h in (
+                "scar pred",
+                "scar GT",
+                "bias",
+                "MAE",
+                "edema pred",
+                "edema GT",
+                "bias",
+                "MAE",
+            )
+        )
+    )
+    for m in methods:
+        b = aggregates.get(m, {}).get("burden")
+        if not b:
+            continue
+        cells = []
+        for key in ("scar_pct", "edema_pct"):
+            e = b[key]
+            cells += [
+                _num(e["pred"]["mean"]),
+                _num(e["gt"]["mean"]),
+                "-" if e["bias"] is None else f"{e['bias']:+.1f}",
+                _num(e["mae"]),
+            ]
+        lines.append(f"{m:<{w}}" + "".join(f"{c:>12}" for c in cells))
+    lines.append("")
+    lines.append("Runtime")
+    lines.append(f"{'method':<{w}}{'segmented':>10}{'reused':>8}{'failed':>8}{'s/case':>16}")
+    for m in methods:
+        r = aggregates.get(m, {}).get("runtime")
+        if not r:
+            continue
+        lines.append(
+            f"{m:<{w}}{r['segmented']:>10}{r['skipped']:>8}{r['failed']:>8}"
+            f"{_pm(r['seconds_per_case'], 1):>16}"
+        )
+    return "\n".join(lines)

@@ -1,0 +1,247 @@
+"""Dataset evaluation end to end on sample_data/: files, geometry, summary, resume, failures, Dask."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from napari_gmmseg.batch import CSV_COLUMNS, evaluate_dataset, read_csv
+from napari_gmmseg.cli import main
+from napari_gmmseg.errors import CaseLoadError, ModelError
+
+#: Fast options: the engine's GMM with few iterations (the test checks plumbing, not accuracy).
+FAST = ["--seed", "0", "--max-iter", "15", "--device", "cpu"]
+FAST_OPTIONS = {"seed": 0, "max_iter": 15, "device": "cpu"}
+
+
+def _case_ids(sample_data_dir: Path) -> list[str]:
+    from napari_gmmseg.io import discover_cases
+
+    return [s.case_id for s in discover_cases(sample_data_dir)]
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory, sample_data_dir):
+    """One CLI evaluation of sample_data/ with gmm, shared by the tests below."""
+    if not any(sample_data_dir.glob("*/*.nii.gz")):
+        pytest.skip("sample_data/ is empty")
+    out = tmp_path_factory.mktemp("eval")
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main(
+            [
+                "evaluate",
+                str(sample_data_dir),
+                "--method",
+                "gmm",
+                "--out",
+                str(out),
+                "--no-progress",
+                *FAST,
+            ]
+        )
+    return out, rc, buf.getvalue()
+
+
+def test_evaluate_writes_csv_labels_and_summary(first_run, sample_data_dir):
+    import nibabel as nib
+
+    from napari_gmmseg.io import discover_cases
+
+    out, rc, printed = first_run
+    assert rc == 0, printed
+    ids = _case_ids(sample_data_dir)
+    assert ids
+    # the paper-style table was printed
+    assert "Dice per slice (paper protocol" in printed and "gmm" in printed
+    assert "Burden per case" in printed and "Runtime" in printed
+    # metrics.csv: header, one volume row per class and case, Dice in [0, 1] or NaN
+    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert tuple(header) == CSV_COLUMNS
+    rows = read_csv(out / "metrics.csv")
+    vol = [r for r in rows if r["slice"] == "volume"]
+    assert sorted({r["case"] for r in vol}) == ids
+    assert len(vol) == 5 * len(ids)
+    dice = np.array([r["dice"] for r in rows])
+    ok = np.isfinite(dice)
+    assert ok.any() and np.all((dice[ok] >= 0) & (dice[ok] <= 1))
+    assert any(r["slice"] != "volume" for r in rows)
+    # label maps: MyoPS values inside the ground-truth LV, on the source geometry
+    for src in discover_cases(sample_data_dir):
+        path = out / "gmm" / f"{src.case_id}.nii.gz"
+        img, ref = nib.load(path), nib.load(src.sequences["bSSFP"])
+        np.testing.assert_allclose(img.affine, ref.affine, atol=1e-5)
+        assert img.shape == ref.shape[:3]
+        lab = np.asarray(img.dataobj)
+        gt = np.asarray(nib.load(src.mask).dataobj)
+        assert set(np.unique(lab)) <= {0, 200, 500, 1220, 2221}
+        assert not np.any(lab[~np.isin(gt, [500, 200, 1220, 2221])])
+        # the CSV's volumes are those of the saved map (voxel volume from the header)
+        voxel_ml = float(np.prod(img.header.get_zooms()[:3])) / 1000.0
+        scar = next(r for r in vol if r["case"] == src.case_id and r["class"] == "scar")
+        assert scar["pred_ml"] == pytest.approx(np.count_nonzero(lab == 2221) * voxel_ml, rel=1e-4)
+        assert scar["gt_ml"] == pytest.approx(np.count_nonzero(gt == 2221) * voxel_ml, rel=1e-4)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_cases"] == len(ids) and summary["failures"] == []
+    assert summary["methods"] == ["gmm"] and summary["options"]["max_iter"] == 15
+    assert summary["versions"]["napari-gmmseg"]
+    assert {r["status"] for r in summary["runs"]} == {"segmented"}
+    assert summary["presence"] is None  # the paper's fixed K by default
+    if summary.get("bland_altman") is not None:  # burden agreement plot beside the table
+        assert (out / "bland_altman.png").stat().st_size > 1000
+    agg = summary["aggregates"]["gmm"]
+    assert agg["volume"]["n_units"] == len(ids)
+    assert agg["runtime"]["segmented"] == len(ids)
+
+
+def test_resume_skips_and_force_recomputes(first_run, sample_data_dir, tmp_path):
+    out0, _, _ = first_run
+    out = tmp_path / "eval"
+    shutil.copytree(out0, out)
+    label = next((out / "gmm").glob("*.nii.gz"))
+    before = label.stat().st_mtime_ns
+    res = evaluate_dataset(
+        sample_data_dir, ["gmm"], out, progress=False, options=FAST_OPTIONS, plots=False
+    )
+    assert {o.status for o in res.outcomes} == {"skipped"}
+    assert label.stat().st_mtime_ns == before
+    # metrics are recomputed from the saved maps: same table and CSV as the first run
+    assert (out / "metrics.csv").read_text() == (out0 / "metrics.csv").read_text()
+    assert res.summary["aggregates"]["gmm"]["runtime"]["skipped"] == len(res.outcomes)
+    assert res.summary["aggregates"]["gmm"]["runtime"]["seconds_per_case"]["n"] == len(res.outcomes)
+    res = evaluate_dataset(
+        sample_data_dir, ["gmm"], out, progress=False, options=FAST_OPTIONS, plots=False, force=True
+    )
+    assert {o.status for o in res.outcomes} == {"segmented"}
+    assert label.stat().st_mtime_ns != before
+    assert (out / "metrics.csv").read_text() == (out0 / "metrics.csv").read_text()  # seeded
+
+
+def test_broken_case_is_reported_and_others_finish(sample_data_dir, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(sample_data_dir, data)
+    ids = _case_ids(data)
+    if len(ids) < 2:
+        pytest.skip("needs two sample cases")
+    broken = next((data / "train25").glob(f"*{ids[0]}_DE.nii.gz"))
+    broken.write_bytes(b"this is not a NIfTI file")
+    out = tmp_path / "out"
+    rc = main(
+        ["evaluate", str(data), "--methods", "gmm", "--out", str(out), "--no-progress", *FAST]
+    )
+    assert rc == 1  # failures make the exit status non-zero, after everything was written
+    summary = json.loads((out / "summary.json").read_text())
+    assert [f["case"] for f in summary["failures"]] == [ids[0]]
+    assert summary["failures"][0]["error"]  # the message is kept
+    assert (out / "gmm" / f"{ids[1]}.nii.gz").exists()
+    assert not (out / "gmm" / f"{ids[0]}.nii.gz").exists()
+    cases = {r["case"] for r in read_csv(out / "metrics.csv")}
+    assert cases == set(ids[1:])
+
+
+def test_dask_local_cluster_gives_identical_csv(first_run, sample_data_dir, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    out0, _, _ = first_run
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        res = evaluate_dataset(
+            sample_data_dir,
+            ["gmm"],
+            tmp_path,
+            progress=False,
+            options=FAST_OPTIONS,
+            plots=False,
+            scheduler=client,
+        )
+    assert res.failures == []
+    assert (tmp_path / "metrics.csv").read_text() == (out0 / "metrics.csv").read_text()
+    for label in (out0 / "gmm").glob("*.nii.gz"):
+        a = np.asarray(__import__("nibabel").load(label).dataobj)
+        b = np.asarray(__import__("nibabel").load(tmp_path / "gmm" / label.name).dataobj)
+        np.testing.assert_array_equal(a, b)
+
+
+def test_folder_per_case_layout_and_roi_folder(first_run, sample_data_dir, tmp_path):
+    """One folder per case, ROI given as a folder of masks: same results as MyoPS layout + GT ROI."""
+    out0, _, _ = first_run
+    data = tmp_path / "cases"
+    rois = tmp_path / "rois"
+    rois.mkdir()
+    for img in sorted((sample_data_dir / "train25").glob("*.nii.gz")):
+        cid = img.name.split("_")[2]
+        (data / cid).mkdir(parents=True, exist_ok=True)
+        shutil.copy(img, data / cid / img.name)
+    for gd in sorted((sample_data_dir / "train25_myops_gd").glob("*.nii.gz")):
+        cid = gd.name.split("_")[2]
+        shutil.copy(gd, data / cid / gd.name)
+        shutil.copy(gd, rois / f"roi_{cid}.nii.gz")
+    out = tmp_path / "out"
+    res = evaluate_dataset(
+        data, ["gmm"], out, roi=rois, progress=False, options=FAST_OPTIONS, plots=False
+    )
+    assert res.failures == []
+    assert (out / "metrics.csv").read_text() == (out0 / "metrics.csv").read_text()
+
+
+def test_bad_requests_raise_typed_errors(tmp_path, sample_data_dir):
+    with pytest.raises(ModelError, match="unknown method"):
+        evaluate_dataset(sample_data_dir, ["nope"], tmp_path, progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CaseLoadError, match="no case"):
+        evaluate_dataset(tmp_path / "empty", ["gmm"], tmp_path / "o", progress=False)
+    assert (
+        main(["evaluate", str(tmp_path / "empty"), "--method", "gmm", "--out", str(tmp_path)]) == 1
+    )
+
+
+def test_demo_finds_sample_data(repo_root, monkeypatch, tmp_path):
+    from napari_gmmseg.cli.demo import find_sample_data
+
+    monkeypatch.chdir(tmp_path)
+    assert find_sample_data() == repo_root / "sample_data"
+    assert find_sample_data(str(tmp_path)) == tmp_path
+
+
+def test_presence_rule_is_applied_recorded_and_guards_resume(first_run, sample_data_dir, tmp_path):
+    pytest.importorskip("napari_gmmseg.presence")
+    out0, _, _ = first_run
+    out = tmp_path / "eval"
+    shutil.copytree(out0, out)
+    # reusing maps made with other options is allowed but warned about
+    res = evaluate_dataset(
+        sample_data_dir,
+        ["gmm"],
+        out,
+        progress=False,
+        options=FAST_OPTIONS,
+        plots=False,
+        presence="pv-contrast",
+    )
+    assert {o.status for o in res.outcomes} == {"skipped"}
+    assert len(res.summary["warnings"]) == len(res.outcomes)
+    assert res.summary["presence"]["rule"] == "pv-contrast"
+    res = evaluate_dataset(
+        sample_data_dir,
+        ["gmm"],
+        out,
+        progress=False,
+        options=FAST_OPTIONS,
+        plots=False,
+        presence="pv-contrast",
+        force=True,
+    )
+    assert res.failures == [] and res.summary["warnings"] == []
+    side = json.loads(next((out / "gmm").glob("*.json")).read_text())
+    assert side["requested"]["presence"]["rule"] == "pv-contrast"
+    assert "presence" in side["params"]
