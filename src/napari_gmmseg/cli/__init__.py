@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from napari_gmmseg._version import __version__
 
 #: Sub-command modules, in the order ``--help`` lists them.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("segment", "evaluate", "demo", "phantom", "train", "mu_data")
 
 
 def build_parser() -> argparse.ArgumentParser:

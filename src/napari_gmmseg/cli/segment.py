@@ -1,0 +1,162 @@
+"""``napari-gmmseg segment``: segment one case from its sequence files into a MyoPS label map."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+#: Kept here so ``--help`` does not import torch (same names as napari_gmmseg.segment.METHODS).
+_METHODS = ("gmm", "svgmm", "deepg", "deepsvg", "deepsvg-mu")
+_INITS = ("kmeans++", "random", "random_from_data", "linspace", "prior")
+
+
+def register(subparsers) -> None:
+    """Add the ``segment`` sub-command."""
+    p = subparsers.add_parser(
+        "segment",
+        help="segment blood pool, myocardium, edema and scar of one case",
+        description=(
+            "Fit a mixture (or a deep method) to the pixels of every slice inside the "
+            "ROI and write the label map (MyoPS values: 500 blood pool, 200 myocardium, "
+            "1220 edema, 2221 scar) on the bSSFP grid. Without --roi whole slices are "
+            "segmented."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("input and output")
+    g.add_argument("--bssfp", metavar="F", help="bSSFP (C0) image; the reference grid")
+    g.add_argument("--lge", metavar="F", help="LGE (DE) image")
+    g.add_argument("--t2", metavar="F", help="T2 image")
+    g.add_argument(
+        "--roi",
+        metavar="MASK",
+        help="ROI mask: a MyoPS label map (the --roi-labels values are taken) or a binary mask",
+    )
+    g.add_argument(
+        "--roi-labels",
+        default="200,500,1220,2221",
+        help="label values of MASK that make up the ROI",
+    )
+    g.add_argument("--out", required=True, metavar="OUT.nii.gz", help="label map to write")
+    g.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    g.add_argument("--quiet", action="store_true", help="no progress or summary on stderr/stdout")
+    m = p.add_argument_group("method")
+    m.add_argument("--method", choices=_METHODS, default="gmm")
+    m.add_argument("--classes", type=int, default=4, help="mixture components K")
+    m.add_argument("--init", choices=_INITS, default="kmeans++", help="EM initialisation")
+    m.add_argument(
+        "--tol", type=float, default=1e-3, help="stop a slice when |dNLL| < tol (0: never)"
+    )
+    m.add_argument("--max-iter", type=int, default=100, help="EM iteration limit")
+    m.add_argument("--seed", type=int, default=0, help="seed of every random step")
+    m.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    m.add_argument("--covariance", choices=("diag", "full"), default="diag")
+    m.add_argument(
+        "--spatial",
+        choices=("none", "mrf", "smooth"),
+        default="none",
+        help="spatial coherence: Potts MRF (mean field) or SVGMM Pi smoothing",
+    )
+    m.add_argument("--beta", type=float, default=1.0, help="strength of --spatial")
+    m.add_argument(
+        "--per-volume",
+        action="store_true",
+        help="one mixture for all ROI voxels of the volume instead of one per slice",
+    )
+    m.add_argument(
+        "--prior", metavar="JSON", help="prior table of class means (naming, --init prior)"
+    )
+    m.add_argument("--weights", metavar="MODEL", help="trained model file (deep methods)")
+    m.add_argument("--max-epochs", type=int, default=None, help="epochs of the deep methods")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load, segment, write; print a one-line summary."""
+    import time
+
+    import numpy as np
+
+    from napari_gmmseg import io
+    from napari_gmmseg.errors import CaseLoadError, OutputExistsError, RoiError
+    from napari_gmmseg.segment import segment
+
+    t0 = time.perf_counter()
+    out = args.out
+    from pathlib import Path
+
+    if Path(out).exists() and not args.force:
+        raise OutputExistsError(f"{out} exists (use --force to overwrite)")
+    sequences = {
+        name: path
+        for name, path in (("bSSFP", args.bssfp), ("LGE", args.lge), ("T2", args.t2))
+        if path
+    }
+    if not sequences:
+        raise CaseLoadError("give at least one of --bssfp, --lge, --t2")
+    case = io.load_case_from_paths(sequences)
+    roi = None
+    if args.roi:
+        try:
+            values = [int(v) for v in str(args.roi_labels).split(",") if v.strip()]
+        except ValueError as exc:
+            raise RoiError(f"--roi-labels must be integers separated by commas: {exc}") from exc
+        arr, geom = io.read_volume(args.roi)
+        arr = np.asarray(arr)
+        if not np.all(np.isfinite(arr)):
+            raise RoiError(f"{args.roi}: mask holds NaN or Inf")
+        if geom.same_grid(case.geometry):
+            lab = np.rint(arr).astype(np.int64)
+        else:
+            lab = io.resample_to(arr, geom, case.geometry, labels=True, name=str(args.roi))
+        uniq = set(np.unique(lab).tolist())
+        roi = lab > 0 if uniq <= {0, 1} else np.isin(lab, values)
+        if not roi.any():
+            raise RoiError(f"{args.roi}: no voxel with the ROI labels {values}")
+
+    options = {}
+    if args.spatial != "none":
+        options.update(spatial=args.spatial, beta=args.beta)
+    if args.weights:
+        options["weights"] = args.weights
+    if args.max_epochs is not None:
+        options["max_epochs"] = args.max_epochs
+
+    def report(p) -> None:
+        print(
+            f"\r  iteration {p.iteration}: {p.slices_done}/{p.slices_total} slices done",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    fit = segment(
+        case.images,
+        roi,
+        channels=case.channels,
+        method=args.method,
+        n_classes=args.classes,
+        covariance_type=args.covariance,
+        init=args.init,
+        tol=args.tol,
+        max_iter=args.max_iter,
+        seed=args.seed,
+        device=args.device,
+        per_slice=not args.per_volume,
+        prior=args.prior,
+        progress=None if args.quiet else report,
+        return_probabilities=False,
+        **options,
+    )
+    if not args.quiet:
+        print(file=sys.stderr)
+    path = io.save_labels(fit.labels, case.geometry, out, overwrite=args.force)
+    if not args.quiet:
+        vals, counts = np.unique(fit.labels[fit.labels > 0], return_counts=True)
+        summary = ", ".join(f"{int(v)}: {int(c)}" for v, c in zip(vals, counts, strict=True))
+        print(
+            f"{args.method}: {len(fit.slice_index)} slices, mean {np.mean(fit.n_iter_):.1f} "
+            f"iterations, fit {fit.seconds:.2f} s, total {time.perf_counter() - t0:.2f} s; "
+            f"wrote {path} ({summary})"
+        )
+    return 0

@@ -1,0 +1,289 @@
+"""Tissue naming without ground truth: the prior table of class means and component naming.
+
+The ONE prior table
+-------------------
+:data:`DEFAULT_PRIOR` holds, for each tissue class (blood pool, myocardium,
+edema, scar, in :data:`napari_gmmseg.labels.CLASSES` order) and each sequence,
+the mean intensity in *normalised units*: per-slice, per-sequence z-scores over
+the LV ROI (the default normalisation of :class:`~napari_gmmseg.preprocess.SliceBatch`).
+It serves three purposes: naming fitted components (:func:`name_components`),
+``init="prior"`` of the EM, and the ``mu_data`` regulariser of deepSVG_mu (same
+JSON format, see :class:`PriorTable`).
+
+The numbers come from the three real MyoPS 2020 training cases shipped for
+development (3001, 3002, 3003): every slice z-scored over its ground-truth LV ROI
+(labels 500, 200, 1220, 2221), class means of the ROI pixels per case, then the
+average over the three cases (each case weighted equally). Reproduce with
+``python scripts/derive_prior.py ../shared/data/myops_real``. Per case (bSSFP, LGE, T2)::
+
+    case   blood pool            myocardium             edema                  scar
+    3001   ( 1.18, 0.76,-0.46)   (-0.62,-0.65,-0.03)    (-0.36,-0.40, 0.63)    (-0.25, 0.88, 0.46)
+    3002   ( 0.58, 0.77,-0.76)   (-0.90,-0.93, 0.24)    (-0.13,-0.41, 0.86)    (-0.35,-0.48, 0.87)
+    3003   ( 0.85, 0.61,-0.71)   (-0.83,-0.66, 0.33)    (-0.51,-0.42, 1.33)    (-0.07, 0.95, 1.85)
+
+They follow what the sequences show: blood brightest on bSSFP, scar bright on LGE
+within the wall, edema bright on T2 with dark LGE, healthy myocardium dark on LGE
+and T2 (case 3002's scar is not enhanced on LGE relative to the ROI, hence the
+average LGE of scar is lower than in the other two cases).
+
+Naming
+------
+:func:`name_components` assigns the K fitted components of every slice to the
+classes by optimal (Hungarian) assignment minimising the squared Euclidean
+distance between component means and class means, using only the channels the
+case has (matched by name: ``bSSFP``/``C0``, ``LGE``/``DE``, ``T2``). With K < 4
+components only K classes are used; with K > 4 the extra components go to their
+nearest class.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from napari_gmmseg.errors import ModelError
+from napari_gmmseg.labels import CLASS_NAMES
+
+__all__ = [
+    "CHANNEL_ALIASES",
+    "DEFAULT_PRIOR",
+    "PriorTable",
+    "canonical_channel",
+    "default_prior",
+    "load_prior",
+    "name_components",
+]
+
+#: Accepted spellings of each sequence name (lower case) -> canonical name.
+CHANNEL_ALIASES: dict[str, str] = {
+    "bssfp": "bSSFP",
+    "c0": "bSSFP",
+    "cine": "bSSFP",
+    "ssfp": "bSSFP",
+    "lge": "LGE",
+    "de": "LGE",
+    "t2": "T2",
+    "t2w": "T2",
+}
+
+
+def canonical_channel(name: str) -> str:
+    """Canonical sequence name (``"bSSFP"``, ``"LGE"``, ``"T2"``) of a channel name.
+
+    Unknown names are returned unchanged.
+    """
+    return CHANNEL_ALIASES.get(str(name).strip().lower(), str(name))
+
+
+@dataclass(frozen=True)
+class PriorTable:
+    """Class means per sequence in normalised (per-slice z-score) units.
+
+    Attributes
+    ----------
+    channels : tuple of str
+        Sequence names, one per column of :attr:`means`.
+    classes : tuple of str
+        Class names, one per row (normally :data:`napari_gmmseg.labels.CLASS_NAMES`).
+    means : numpy.ndarray
+        ``(n_classes, n_channels)`` float64.
+    """
+
+    channels: tuple[str, ...]
+    classes: tuple[str, ...]
+    means: np.ndarray
+
+    def __post_init__(self) -> None:
+        means = np.asarray(self.means, dtype=np.float64)
+        object.__setattr__(self, "means", means)
+        object.__setattr__(self, "channels", tuple(str(c) for c in self.channels))
+        object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+        if means.shape != (len(self.classes), len(self.channels)):
+            raise ModelError(
+                f"prior table means have shape {means.shape}, expected "
+                f"({len(self.classes)} classes, {len(self.channels)} channels)"
+            )
+        if not np.all(np.isfinite(means)):
+            raise ModelError("prior table means contain NaN or Inf")
+
+    # -------------------------------------------------------------- JSON I/O
+    def to_dict(self) -> dict:
+        """The JSON-ready dict ``{"channels", "classes", "means"}``."""
+        return {
+            "channels": list(self.channels),
+            "classes": list(self.classes),
+            "means": [[float(v) for v in row] for row in self.means],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> PriorTable:
+        """Build from ``{"channels": [...], "classes": [...], "means": [[...]]}`` (extra keys ignored)."""
+        try:
+            return cls(tuple(data["channels"]), tuple(data["classes"]), np.asarray(data["means"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"not a prior table: {exc}") from exc
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> PriorTable:
+        """Read a prior table JSON file.
+
+        Raises
+        ------
+        ModelError
+            Missing, unreadable or malformed file.
+        """
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot read prior table {path}: {exc}") from exc
+        try:
+            return cls.from_dict(data)
+        except ModelError as exc:
+            raise ModelError(f"{path}: {exc}") from exc
+
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write the table as JSON (atomically; refuses to overwrite unless asked)."""
+        from napari_gmmseg.errors import OutputExistsError
+
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise OutputExistsError(f"{path} exists (pass overwrite=True to replace it)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        os.replace(tmp, path)
+        return path
+
+    # -------------------------------------------------------------- selection
+    def for_channels(self, channels: Sequence[str]) -> np.ndarray:
+        """``(n_classes, len(channels))`` means for the given channel names, in that order.
+
+        Raises
+        ------
+        ModelError
+            A channel the table does not know.
+        """
+        mine = [canonical_channel(c) for c in self.channels]
+        cols = []
+        for name in channels:
+            canon = canonical_channel(name)
+            if canon not in mine:
+                raise ModelError(
+                    f"the prior table has no channel {name!r} (it has {list(self.channels)})"
+                )
+            cols.append(mine.index(canon))
+        return self.means[:, cols]
+
+
+#: The default prior table (see the module docstring for its derivation).
+DEFAULT_PRIOR = PriorTable(
+    channels=("bSSFP", "LGE", "T2"),
+    classes=CLASS_NAMES,
+    means=np.array(
+        [
+            [0.871, 0.715, -0.646],  # LV blood pool
+            [-0.783, -0.748, 0.177],  # myocardium
+            [-0.332, -0.409, 0.938],  # edema
+            [-0.223, 0.450, 1.059],  # scar
+        ]
+    ),
+)
+
+
+def name_components(
+    means: np.ndarray,
+    channels: Sequence[str],
+    prior: PriorTable | None = None,
+    *,
+    present: np.ndarray | None = None,
+) -> np.ndarray:
+    """Name the fitted components of every slice by optimal assignment to the prior classes.
+
+    Parameters
+    ----------
+    means : array-like
+        ``(S, K, M)`` (or ``(K, M)``) component means in normalised units.
+    channels : sequence of str
+        The ``M`` channel names (``bSSFP``/``C0``, ``LGE``/``DE``, ``T2``).
+    prior : PriorTable, optional
+        Class means (default :data:`DEFAULT_PRIOR`).
+    present : array-like of bool, optional
+        ``(S, n_classes)`` classes allowed per slice (default all); a component is never
+        named after an absent class.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(S, K)`` int64 class index (into :data:`napari_gmmseg.labels.CLASSES`) of every
+        component (``(K,)`` for 2-D input).
+
+    Raises
+    ------
+    ModelError
+        Channel count mismatch or a channel the prior does not know.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    prior = prior or DEFAULT_PRIOR
+    if hasattr(means, "detach"):
+        means = means.detach().cpu().numpy()
+    means = np.asarray(means, dtype=np.float64)
+    squeeze = means.ndim == 2
+    if squeeze:
+        means = means[None]
+    if means.ndim != 3:
+        raise ModelError(f"means must be (S, K, M), got shape {means.shape}")
+    n_slices, k, m = means.shape
+    if len(channels) != m:
+        raise ModelError(f"{len(channels)} channel names for means with {m} channels")
+    table = prior.for_channels(channels)  # (C, M)
+    n_classes = table.shape[0]
+    if present is None:
+        present = np.ones((n_slices, n_classes), dtype=bool)
+    present = np.broadcast_to(np.asarray(present, dtype=bool), (n_slices, n_classes))
+    cost = ((means[:, :, None, :] - table[None, None, :, :]) ** 2).sum(-1)  # (S, K, C)
+    out = np.full((n_slices, k), -1, dtype=np.int64)
+    for s in range(n_slices):  # one small (K x 4) assignment per slice, not a hot path
+        cls_ok = np.nonzero(present[s])[0]
+        if cls_ok.size == 0:
+            cls_ok = np.arange(n_classes)
+        c = cost[s][:, cls_ok]
+        rows, cols = linear_sum_assignment(c)
+        out[s, rows] = cls_ok[cols]
+        left = out[s] < 0
+        if left.any():
+            out[s, left] = cls_ok[np.argmin(c[left], axis=1)]
+    return out[0] if squeeze else out
+
+
+def default_prior() -> PriorTable:
+    """The default prior table :data:`DEFAULT_PRIOR`."""
+    return DEFAULT_PRIOR
+
+
+def load_prior(prior: PriorTable | dict | str | os.PathLike | None = None) -> PriorTable:
+    """A prior table from a table, a dict, a JSON path, or None (the default table).
+
+    Raises
+    ------
+    ModelError
+        Unreadable or malformed table.
+    """
+    if prior is None:
+        return DEFAULT_PRIOR
+    if isinstance(prior, PriorTable):
+        return prior
+    if isinstance(prior, dict):
+        return PriorTable.from_dict(prior)
+    if isinstance(prior, (str, os.PathLike)):
+        return PriorTable.load(prior)
+    if hasattr(prior, "means") and hasattr(prior, "channels"):  # e.g. deep.mu_data.MuData
+        classes = getattr(prior, "classes", None) or CLASS_NAMES
+        return PriorTable(tuple(prior.channels), tuple(classes), np.asarray(prior.means))
+    raise ModelError(f"cannot use {type(prior).__name__} as a prior table")

@@ -1,0 +1,420 @@
+"""Preprocessing: the :class:`SliceBatch` every method fits (packed ROI pixels + crop view).
+
+A :class:`SliceBatch` is built once from a volume ``(Z, Y, X, C)`` and a region
+of interest ``(Z, Y, X)``:
+
+- ``x`` ``(S, N_max, C)``: the ROI pixels of each non-empty slice, packed in raster
+  order and zero-padded to the largest slice, normalised per slice and channel
+  (z-score over the ROI by default, as the paper);
+- ``valid`` ``(S, N_max)``: False on padding;
+- the crop view for CNNs: ``crops`` ``(S, C, H, W)`` (same normalisation, 0 outside
+  the ROI), ``crop_roi`` ``(S, H, W)``, ``boxes`` and ``flat_index`` ``(S, N_max)``
+  such that packed pixel ``n`` of slice ``s`` is crop pixel ``flat_index[s, n]``;
+- :meth:`SliceBatch.gather` (crop maps -> packed) and :meth:`SliceBatch.scatter`
+  (packed -> volume ``(Z, Y, X[, K])``).
+
+With ``per_slice=False`` the whole ROI volume is one mixture: ``S = 1`` and the
+crop view stacks the slices' crops along the height (``(1, C, Zs*H, W)``); the
+crops keep a margin of at least one pixel around the ROI so a 3x3 neighbourhood
+never reaches from one slice into the next.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from napari_gmmseg.errors import CaseLoadError, RoiError
+
+__all__ = ["NORMALIZATIONS", "SliceBatch", "resolve_device"]
+
+#: Normalisation choices: z-score over the ROI (the paper), over the crop, or none.
+NORMALIZATIONS: tuple[str, ...] = ("roi", "crop", "none")
+
+
+def resolve_device(device: Any = "auto") -> Any:
+    """Return a ``torch.device``: ``"auto"`` picks CUDA when available, else CPU."""
+    import torch
+
+    if device is None or (isinstance(device, str) and device == "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return int(-(-n // multiple) * multiple) if multiple > 1 else int(n)
+
+
+@dataclass
+class SliceBatch:
+    """Packed ROI pixels of every slice, with a crop view and the maps back to the volume.
+
+    Build it with :meth:`from_volume`. Tensors live on :attr:`device`.
+
+    Attributes
+    ----------
+    x : torch.Tensor
+        ``(S, N_max, C)`` float32 normalised pixels (0 on padding).
+    valid : torch.Tensor
+        ``(S, N_max)`` bool, True on real pixels.
+    slice_index : numpy.ndarray
+        ``(S,)`` z-index of each batch row (``[-1]`` in whole-volume mode).
+    flat_index : torch.Tensor
+        ``(S, N_max)`` int64 index of each packed pixel in its crop (``H*W``), 0 on padding.
+    volume_index : numpy.ndarray
+        ``(S, N_max)`` int64 index into the flattened ``(Z, Y, X)`` volume, -1 on padding.
+    boxes : numpy.ndarray
+        ``(Zs, 4)`` crop box ``(y0, x0, H, W)`` of every non-empty slice (may reach past the
+        image border, where crops are 0).
+    crop_slices : numpy.ndarray
+        ``(Zs,)`` z-index of every crop box.
+    crop_shape : tuple of int
+        ``(H, W)`` of one crop (``(Zs*H, W)`` in whole-volume mode).
+    shape : tuple of int
+        ``(Z, Y, X)`` of the volume.
+    channels : tuple of str
+        Channel names.
+    loc, scale : numpy.ndarray
+        ``(S, C)`` normalisation: ``x = (raw - loc) / scale``.
+    per_slice : bool
+        One mixture per slice (True) or one for the whole volume (False).
+    """
+
+    x: Any
+    valid: Any
+    slice_index: np.ndarray
+    flat_index: Any
+    volume_index: np.ndarray
+    boxes: np.ndarray
+    crop_slices: np.ndarray
+    crop_shape: tuple[int, int]
+    shape: tuple[int, int, int]
+    channels: tuple[str, ...]
+    loc: np.ndarray
+    scale: np.ndarray
+    per_slice: bool = True
+    normalize: str = "roi"
+    _crops: Any = field(default=None, repr=False)
+    _crop_roi: Any = field(default=None, repr=False)
+    _nonzero: Any = field(default=None, repr=False)
+
+    # ------------------------------------------------------------------ build
+    @classmethod
+    def from_volume(
+        cls,
+        images: np.ndarray,
+        roi: np.ndarray | None = None,
+        *,
+        channels: tuple[str, ...] | list[str] | None = None,
+        normalize: str = "roi",
+        per_slice: bool = True,
+        crop_margin: int = 8,
+        crop_multiple: int = 16,
+        crop_size: int | tuple[int, int] | None = None,
+        device: Any = "auto",
+    ) -> SliceBatch:
+        """Pack the ROI pixels of every non-empty slice of a volume.
+
+        Parameters
+        ----------
+        images : numpy.ndarray
+            ``(Z, Y, X, C)`` (or ``(Z, Y, X)`` for one channel) intensities.
+        roi : numpy.ndarray or None
+            ``(Z, Y, X)`` bool region of interest; None uses whole slices.
+        channels : sequence of str, optional
+            Channel names (default ``ch0, ch1, ...``).
+        normalize : {"roi", "crop", "none"}, default "roi"
+            Per-slice, per-channel z-score over the ROI pixels (the paper), over the
+            crop box, or no normalisation. In whole-volume mode the statistics are over
+            the whole ROI (or all crops).
+        per_slice : bool, default True
+            One batch row per slice; False packs the whole ROI volume into one row.
+        crop_margin : int, default 8
+            Pixels kept around the ROI bounding box in the crop view (at least 1).
+        crop_multiple : int, default 16
+            Crop height and width are rounded up to a multiple of this (U-Net friendly).
+        crop_size : int or (int, int), optional
+            Fixed crop size instead of the bounding box + margin.
+        device : str or torch.device, default "auto"
+            Where the tensors live.
+
+        Raises
+        ------
+        CaseLoadError
+            Images with NaN/Inf or of the wrong dimensionality.
+        RoiError
+            ROI of the wrong shape or empty.
+        """
+        import torch
+
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[..., None]
+        if images.ndim != 4:
+            raise CaseLoadError(f"images must be (Z, Y, X, C), got shape {images.shape}")
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+        z_dim, y_dim, x_dim, n_ch = images.shape
+        if channels is None:
+            channels = tuple(f"ch{i}" for i in range(n_ch))
+        channels = tuple(channels)
+        if len(channels) != n_ch:
+            raise CaseLoadError(f"{len(channels)} channel names for {n_ch} channels")
+        if roi is None:
+            roi = np.ones((z_dim, y_dim, x_dim), dtype=bool)
+        roi = np.asarray(roi).astype(bool, copy=False)
+        if roi.shape != (z_dim, y_dim, x_dim):
+            raise RoiError(
+                f"ROI shape {roi.shape} differs from image shape {(z_dim, y_dim, x_dim)}"
+            )
+        zz, yy, xx = np.nonzero(roi)  # raster order: by z, then y, then x
+        if zz.size == 0:
+            raise RoiError("the region of interest is empty")
+        raw = images[zz, yy, xx, :].astype(np.float64)  # (P, C)
+        if not np.all(np.isfinite(raw)):
+            raise CaseLoadError("images contain NaN or Inf inside the region of interest")
+
+        crop_slices, first = np.unique(zz, return_index=True)
+        counts = np.diff(np.append(first, zz.size))
+        zs = crop_slices.size
+        srow = np.repeat(np.arange(zs), counts)  # crop row of each ROI pixel
+
+        # Crop boxes: common (H, W), centred on each slice's ROI bounding box.
+        y_min = np.minimum.reduceat(yy, first)
+        y_max = np.maximum.reduceat(yy, first)
+        x_min = np.minimum.reduceat(xx, first)
+        x_max = np.maximum.reduceat(xx, first)
+        margin = max(int(crop_margin), 1)
+        if crop_size is None:
+            height = _round_up(int((y_max - y_min).max()) + 1 + 2 * margin, crop_multiple)
+            width = _round_up(int((x_max - x_min).max()) + 1 + 2 * margin, crop_multiple)
+        else:
+            height, width = (crop_size, crop_size) if np.isscalar(crop_size) else crop_size
+            height, width = int(height), int(width)
+            if height < int((y_max - y_min).max()) + 1 or width < int((x_max - x_min).max()) + 1:
+                raise RoiError(f"crop_size {(height, width)} is smaller than the ROI bounding box")
+        y0 = (y_min + y_max + 1) // 2 - height // 2
+        x0 = (x_min + x_max + 1) // 2 - width // 2
+        # Keep the box inside the image when it fits, but always around the ROI.
+        y0 = np.clip(y0, min(0, y_dim - height), max(0, y_dim - height))
+        x0 = np.clip(x0, min(0, x_dim - width), max(0, x_dim - width))
+        y0 = np.minimum(np.maximum(y0, y_max + 1 - height), y_min)
+        x0 = np.minimum(np.maximum(x0, x_max + 1 - width), x_min)
+        boxes = np.stack([y0, x0, np.full(zs, height), np.full(zs, width)], axis=1).astype(np.int64)
+
+        cy = yy - y0[srow]
+        cx = xx - x0[srow]
+        vol_flat = (zz.astype(np.int64) * y_dim + yy) * x_dim + xx
+        if per_slice:
+            rows = srow
+            crop_flat = cy.astype(np.int64) * width + cx
+            crop_shape = (height, width)
+            slice_index = crop_slices.astype(np.int64)
+            row_counts = counts
+        else:
+            rows = np.zeros(zz.size, dtype=np.int64)
+            crop_flat = (srow.astype(np.int64) * height + cy) * width + cx
+            crop_shape = (zs * height, width)
+            slice_index = np.array([-1], dtype=np.int64)
+            row_counts = np.array([zz.size])
+        n_rows = int(row_counts.size)
+        n_max = int(row_counts.max())
+        row_start = np.concatenate([[0], np.cumsum(row_counts)[:-1]])
+        pos = np.arange(zz.size) - row_start[rows]
+
+        # Normalisation statistics (float64), per row and channel.
+        if normalize == "roi":
+            sums = np.zeros((n_rows, n_ch))
+            np.add.at(sums, rows, raw)
+            loc = sums / row_counts[:, None]
+            sq = np.zeros((n_rows, n_ch))
+            np.add.at(sq, rows, (raw - loc[rows]) ** 2)
+            std = np.sqrt(sq / row_counts[:, None])
+        elif normalize == "crop":
+            loc, std = _crop_stats(images, crop_slices, boxes, per_slice)
+        else:
+            loc = np.zeros((n_rows, n_ch))
+            std = np.ones((n_rows, n_ch))
+        # A constant channel gets scale 1 (all zeros after centring), never a division by 0.
+        tiny = 1e-6 * np.maximum(np.abs(loc), 1.0)
+        scale = np.where(std > tiny, std, 1.0)
+        values = (raw - loc[rows]) / scale[rows]
+
+        x = np.zeros((n_rows, n_max, n_ch), dtype=np.float32)
+        x[rows, pos] = values
+        valid = np.zeros((n_rows, n_max), dtype=bool)
+        valid[rows, pos] = True
+        flat_index = np.zeros((n_rows, n_max), dtype=np.int64)
+        flat_index[rows, pos] = crop_flat
+        volume_index = np.full((n_rows, n_max), -1, dtype=np.int64)
+        volume_index[rows, pos] = vol_flat
+
+        dev = resolve_device(device)
+        return cls(
+            x=torch.from_numpy(x).to(dev),
+            valid=torch.from_numpy(valid).to(dev),
+            slice_index=slice_index,
+            flat_index=torch.from_numpy(flat_index).to(dev),
+            volume_index=volume_index,
+            boxes=boxes,
+            crop_slices=crop_slices.astype(np.int64),
+            crop_shape=(int(crop_shape[0]), int(crop_shape[1])),
+            shape=(int(z_dim), int(y_dim), int(x_dim)),
+            channels=channels,
+            loc=loc,
+            scale=scale,
+            per_slice=bool(per_slice),
+            normalize=normalize,
+        )
+
+    # ------------------------------------------------------------ properties
+    @property
+    def device(self) -> Any:
+        """The torch device of the tensors."""
+        return self.x.device
+
+    @property
+    def n_slices(self) -> int:
+        """Number of batch rows ``S``."""
+        return int(self.x.shape[0])
+
+    @property
+    def n_channels(self) -> int:
+        """Number of channels ``C``."""
+        return int(self.x.shape[2])
+
+    @property
+    def n_pixels(self) -> Any:
+        """``(S,)`` int64 tensor: valid pixels per row."""
+        return self.valid.sum(-1)
+
+    @property
+    def crop_roi(self) -> Any:
+        """``(S, H, W)`` bool tensor, True on ROI pixels of each crop."""
+        if self._crop_roi is None:
+            import torch
+
+            h, w = self.crop_shape
+            rows, cols = self._valid_nonzero()
+            roi = torch.zeros(self.n_slices, h * w, dtype=torch.bool, device=self.device)
+            roi[rows, self.flat_index[rows, cols]] = True
+            self._crop_roi = roi.view(self.n_slices, h, w)
+        return self._crop_roi
+
+    def _valid_nonzero(self) -> tuple[Any, Any]:
+        if self._nonzero is None:
+            import torch
+
+            self._nonzero = torch.nonzero(self.valid, as_tuple=True)
+        return self._nonzero
+
+    @property
+    def crops(self) -> Any:
+        """``(S, C, H, W)`` float32 normalised crops, 0 outside the ROI (built on first use)."""
+        if self._crops is None:
+            self._crops = self.scatter_crops(self.x)
+        return self._crops
+
+    # ------------------------------------------------------------ conversions
+    def gather(self, crop_maps: Any) -> Any:
+        """Packed values from crop maps.
+
+        Parameters
+        ----------
+        crop_maps : torch.Tensor
+            ``(S, K, H, W)`` maps on the crop grid (e.g. a CNN's softmax).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(S, N_max, K)`` values at the packed pixels (arbitrary on padding).
+        """
+        s, k = crop_maps.shape[:2]
+        flat = crop_maps.reshape(s, k, -1)
+        idx = self.flat_index.unsqueeze(1).expand(s, k, self.flat_index.shape[1])
+        return flat.gather(2, idx).transpose(1, 2)
+
+    def scatter_crops(self, values: Any, fill: float = 0.0) -> Any:
+        """Crop maps from packed values (inverse of :meth:`gather`).
+
+        Parameters
+        ----------
+        values : torch.Tensor
+            ``(S, N_max, K)`` packed values.
+        fill : float, default 0
+            Value outside the ROI.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(S, K, H, W)``.
+        """
+        import torch
+
+        s, _, k = values.shape
+        h, w = self.crop_shape
+        rows, cols = self._valid_nonzero()
+        out = torch.full((s, k, h * w), fill, dtype=values.dtype, device=values.device)
+        out[rows, :, self.flat_index[rows, cols]] = values[rows, cols]
+        return out.view(s, k, h, w)
+
+    def scatter(self, values: Any, fill: float = 0, dtype: Any = None) -> np.ndarray:
+        """Volume array from packed values.
+
+        Parameters
+        ----------
+        values : torch.Tensor or numpy.ndarray
+            ``(S, N_max)`` or ``(S, N_max, K)`` packed values.
+        fill : scalar, default 0
+            Value outside the ROI and on slices not in the batch.
+        dtype : numpy dtype, optional
+            Output dtype (default: that of ``values``).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(Z, Y, X)`` or ``(Z, Y, X, K)``.
+        """
+        if hasattr(values, "detach"):
+            values = values.detach().cpu().numpy()
+        values = np.asarray(values)
+        valid = self.volume_index >= 0
+        tail = values.shape[2:]
+        out = np.full((int(np.prod(self.shape)), *tail), fill, dtype=dtype or values.dtype)
+        out[self.volume_index[valid]] = values[valid]
+        return out.reshape(*self.shape, *tail)
+
+    def row_of_slice(self, z: int) -> int:
+        """Batch row of volume slice ``z`` (per-slice mode); raises KeyError if not fitted."""
+        hits = np.nonzero(self.slice_index == z)[0]
+        if hits.size == 0:
+            raise KeyError(z)
+        return int(hits[0])
+
+
+def _crop_stats(
+    images: np.ndarray, crop_slices: np.ndarray, boxes: np.ndarray, per_slice: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std per channel over each crop box (the part inside the image)."""
+    n_ch = images.shape[-1]
+    sums, sqs, cnts = [], [], []
+    for z, (y0, x0, h, w) in zip(crop_slices, boxes, strict=True):
+        patch = images[z, max(y0, 0) : y0 + h, max(x0, 0) : x0 + w].reshape(-1, n_ch)
+        patch = patch.astype(np.float64)
+        if not np.all(np.isfinite(patch)):
+            raise CaseLoadError(f"images contain NaN or Inf in the crop of slice {z}")
+        sums.append(patch.sum(0))
+        sqs.append((patch**2).sum(0))
+        cnts.append(patch.shape[0])
+    sums, sqs, cnts = np.array(sums), np.array(sqs), np.array(cnts, dtype=np.float64)[:, None]
+    if not per_slice:
+        sums, sqs, cnts = (
+            sums.sum(0, keepdims=True),
+            sqs.sum(0, keepdims=True),
+            cnts.sum(0, keepdims=True),
+        )
+    loc = sums / cnts
+    var = np.maximum(sqs / cnts - loc**2, 0.0)
+    return loc, np.sqrt(var)

@@ -1,0 +1,424 @@
+"""The front door: segment a volume (or a :class:`~napari_gmmseg.io.Case`) into MyoPS labels.
+
+:func:`segment` validates the input, packs the ROI pixels of every slice
+(:class:`~napari_gmmseg.preprocess.SliceBatch`), fits the chosen method to all
+slices at once (:mod:`napari_gmmseg.mixture` for ``gmm``/``svgmm``,
+:mod:`napari_gmmseg.deep` for the deep methods, imported only then), names the
+components after the tissue classes (:mod:`napari_gmmseg.naming`) and returns a
+:class:`~napari_gmmseg.fit.Fit` whose labels are MyoPS values (500 blood pool,
+200 myocardium, 1220 edema, 2221 scar).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from napari_gmmseg.errors import CaseLoadError, ModelError, RoiError
+from napari_gmmseg.fit import Fit, Progress
+from napari_gmmseg.labels import CLASS_VALUES, CLASSES, LV_ROI_VALUES
+
+__all__ = ["DEEP_METHODS", "EM_METHODS", "EM_OPTIONS", "METHODS", "segment", "segment_case"]
+
+#: Every method name :func:`segment` accepts.
+METHODS: tuple[str, ...] = ("gmm", "svgmm", "deepg", "deepsvg", "deepsvg-mu")
+#: Methods fitted by EM in :mod:`napari_gmmseg.mixture`.
+EM_METHODS: tuple[str, ...] = ("gmm", "svgmm")
+#: Methods dispatched to :func:`napari_gmmseg.deep.fit_deep`.
+DEEP_METHODS: tuple[str, ...] = ("deepg", "deepsvg", "deepsvg-mu")
+
+_DEFAULT_CHANNELS = ("bSSFP", "LGE", "T2")
+
+#: Extra keyword options :func:`segment` passes to the EM methods.
+EM_OPTIONS: tuple[str, ...] = (
+    "reg_covar",
+    "reg_covar_relative",
+    "reg_mode",
+    "spatial",
+    "beta",
+    "dtype",
+    "check_every",
+    "chunk_pixels",
+    "num_threads",
+    "init_params",
+)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, (np.generic,)):
+        return value.item()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def _validate_images(images: Any) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4:
+        raise CaseLoadError(f"images must be (Z, Y, X) or (Z, Y, X, C), got shape {images.shape}")
+    if not np.issubdtype(images.dtype, np.number) or np.issubdtype(
+        images.dtype, np.complexfloating
+    ):
+        raise CaseLoadError(f"images must be real numbers, got dtype {images.dtype}")
+    if images.shape[-1] < 1 or min(images.shape[:3]) < 1:
+        raise CaseLoadError(f"images are empty: shape {images.shape}")
+    return images
+
+
+def segment(
+    images: np.ndarray,
+    roi: np.ndarray | None = None,
+    *,
+    channels: Sequence[str] | None = None,
+    method: str = "gmm",
+    n_classes: int = 4,
+    covariance_type: str = "diag",
+    init: str = "kmeans++",
+    tol: float = 1e-3,
+    max_iter: int = 100,
+    seed: int = 0,
+    device: Any = "auto",
+    per_slice: bool = True,
+    prior: Any = None,
+    progress: Callable[[Progress], Any] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    **method_options: Any,
+) -> Fit:
+    """Segment blood pool, myocardium, edema and scar inside a region of interest.
+
+    Parameters
+    ----------
+    images : numpy.ndarray
+        ``(Z, Y, X, C)`` (or ``(Z, Y, X)``) intensities, one channel per sequence.
+    roi : numpy.ndarray or None
+        ``(Z, Y, X)`` bool region of interest (the LV: blood pool + myocardium); None
+        segments whole slices. Slices with fewer ROI pixels than ``n_classes`` are
+        skipped (listed in ``params["skipped_slices"]``).
+    channels : sequence of str, optional
+        Sequence name of every channel (``bSSFP``/``C0``, ``LGE``/``DE``, ``T2``); default
+        ``("bSSFP", "LGE", "T2")`` for three channels. Used to name the components.
+    method : str, default "gmm"
+        One of :data:`METHODS`.
+    n_classes : int, default 4
+        Mixture components K.
+    covariance_type : {"diag", "full"}, default "diag"
+        Covariance structure (the paper's is diagonal).
+    init : str, default "kmeans++"
+        EM initialisation, one of :data:`napari_gmmseg.mixture.INITS`.
+    tol : float, default 1e-3
+        A slice stops when its mean NLL changes by less than this (EM methods).
+    max_iter : int, default 100
+        EM iteration limit.
+    seed : int, default 0
+        Seed of every random step.
+    device : str, default "auto"
+        ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+    per_slice : bool, default True
+        One mixture per slice (the paper) or one for all ROI voxels of the volume.
+    prior : PriorTable, dict, path or None
+        Class means used for naming, ``init="prior"`` and deepSVG_mu (default
+        :data:`napari_gmmseg.naming.DEFAULT_PRIOR`).
+    progress : callable, optional
+        Receives :class:`~napari_gmmseg.fit.Progress` reports.
+    should_stop : callable, optional
+        Returns True to cancel (checked every iteration/epoch); finished slices are kept
+        and the others left unlabelled (``Fit.finished`` False).
+    **method_options
+        Passed to the method: for EM ``reg_covar``, ``spatial`` (``"none"``, ``"mrf"``,
+        ``"smooth"``), ``beta``, ``check_every``, ``chunk_pixels``, ``dtype``; for all
+        ``normalize`` (``"roi"``, ``"crop"``, ``"none"``) and ``return_probabilities``
+        (default True); deep options (``max_epochs``, ``lr``, ``weights``...) for the
+        deep methods.
+
+    Returns
+    -------
+    Fit
+        Labels as MyoPS values, components, class-ordered soft maps and per-slice
+        parameters.
+
+    Raises
+    ------
+    CaseLoadError
+        Images with NaN/Inf or of the wrong shape.
+    RoiError
+        ROI of the wrong shape, empty, or with fewer pixels than ``n_classes``.
+    ModelError
+        Unknown method, init or covariance type, ``n_classes < 1``, channel names that do
+        not fit the prior table, unavailable device.
+    """
+    t0 = time.perf_counter()
+    import torch
+
+    from napari_gmmseg import __version__
+    from napari_gmmseg.gaussian import COVARIANCE_TYPES
+    from napari_gmmseg.mixture import INITS
+    from napari_gmmseg.naming import load_prior, name_components
+    from napari_gmmseg.preprocess import NORMALIZATIONS, SliceBatch, resolve_device
+
+    # ---------------------------------------------------------------- validation
+    method = str(method).lower()
+    if method not in METHODS:
+        raise ModelError(f"unknown method {method!r}; choose one of {METHODS}")
+    k = int(n_classes)
+    if k < 1:
+        raise ModelError(f"n_classes must be >= 1, got {n_classes}")
+    if covariance_type not in COVARIANCE_TYPES:
+        raise ModelError(
+            f"covariance_type must be one of {COVARIANCE_TYPES}, got {covariance_type!r}"
+        )
+    if method in EM_METHODS and init not in INITS:
+        raise ModelError(f"unknown init {init!r}; choose one of {INITS}")
+    normalize = method_options.pop("normalize", "roi")
+    if normalize not in NORMALIZATIONS:
+        raise ModelError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+    return_probabilities = bool(method_options.pop("return_probabilities", True))
+    images = _validate_images(images)
+    z_dim, y_dim, x_dim, n_ch = images.shape
+    if channels is None:
+        channels = _DEFAULT_CHANNELS if n_ch == 3 else tuple(f"ch{i}" for i in range(n_ch))
+    channels = tuple(str(c) for c in channels)
+    if len(channels) != n_ch:
+        raise ModelError(f"{len(channels)} channel names {channels} for {n_ch} image channels")
+    if roi is None:
+        roi_mask = np.ones((z_dim, y_dim, x_dim), dtype=bool)
+    else:
+        roi_mask = np.asarray(roi)
+        if roi_mask.shape != (z_dim, y_dim, x_dim):
+            raise RoiError(
+                f"ROI shape {roi_mask.shape} differs from the image grid {(z_dim, y_dim, x_dim)}"
+            )
+        roi_mask = roi_mask.astype(bool, copy=False)
+    if not np.all(np.isfinite(images[roi_mask])):
+        raise CaseLoadError("images contain NaN or Inf inside the region of interest")
+    counts = roi_mask.reshape(z_dim, -1).sum(1)
+    total = int(counts.sum())
+    if total == 0:
+        raise RoiError("the region of interest is empty")
+    if total < k:
+        raise RoiError(f"the region of interest has {total} pixels, fewer than the {k} classes")
+    skipped: list[int] = []
+    if per_slice:
+        small = np.nonzero((counts > 0) & (counts < k))[0]
+        if small.size:
+            skipped = [int(z) for z in small]
+            roi_mask = roi_mask.copy()
+            roi_mask[small] = False
+    table = load_prior(prior)
+    prior_means = None
+    try:
+        prior_means = table.for_channels(channels)
+    except ModelError:
+        if init == "prior" or method == "deepsvg-mu":
+            raise
+    if init == "prior" and method in EM_METHODS and prior_means.shape[0] != k:
+        raise ModelError(
+            f"init='prior' needs n_classes={prior_means.shape[0]} (rows of the prior table), got {k}"
+        )
+    try:
+        dev = resolve_device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ModelError("device 'cuda' requested but CUDA is not available")
+    except (RuntimeError, ValueError) as exc:
+        raise ModelError(f"invalid device {device!r}: {exc}") from exc
+
+    # ---------------------------------------------------------------- fit
+    batch = SliceBatch.from_volume(
+        images, roi_mask, channels=channels, normalize=normalize, per_slice=per_slice, device=dev
+    )
+    if method in EM_METHODS:
+        from napari_gmmseg import mixture
+
+        fit_fn = mixture.fit_gmm if method == "gmm" else mixture.fit_svgmm
+        unknown = sorted(set(method_options) - set(EM_OPTIONS))
+        if unknown:
+            raise ModelError(
+                f"unknown option(s) {unknown} for method {method!r}; EM options are {EM_OPTIONS}"
+            )
+        res = fit_fn(
+            batch,
+            n_components=k,
+            covariance_type=covariance_type,
+            init=init,
+            tol=tol,
+            max_iter=max_iter,
+            seed=seed,
+            prior_means=prior_means if init == "prior" else None,
+            progress=progress,
+            should_stop=should_stop,
+            **method_options,
+        )
+    else:
+        from napari_gmmseg.deep import fit_deep
+
+        opts = dict(method_options)
+        if method == "deepsvg-mu" and "mu_data" not in opts and prior_means is not None:
+            opts["mu_data"] = prior_means
+        res = fit_deep(
+            batch,
+            method=method,
+            n_classes=k,
+            seed=seed,
+            device=dev,
+            covariance_type=covariance_type,
+            progress=progress,
+            should_stop=should_stop,
+            channels=channels,
+            **opts,
+        )
+
+    # ---------------------------------------------------------------- naming
+    means = res.means.detach().to("cpu", torch.float64).numpy()
+    if prior_means is not None:
+        c2c = name_components(means, channels, table)
+    else:
+        # Channels the prior does not know: order components by the first channel's
+        # mean, brightest first (blood is brightest on bSSFP).
+        order = np.argsort(-means[:, :, 0], axis=1, kind="stable")
+        c2c = np.empty_like(order)
+        np.put_along_axis(c2c, order, np.minimum(np.arange(k), len(CLASSES) - 1)[None], axis=1)
+    c2c = c2c.astype(np.int64)
+
+    soft = res.responsibilities.detach()
+    comp = soft.argmax(-1).to("cpu").numpy().astype(np.int64)  # (S, N)
+    finished = res.finished.detach().to("cpu").numpy().astype(bool)
+    valid = batch.valid.to("cpu").numpy()
+    values = np.asarray(CLASS_VALUES, dtype=np.int32)
+    cls = np.take_along_axis(c2c, comp, axis=1)  # (S, N) class index
+    label_packed = values[cls]
+    keep = valid & finished[:, None]
+    label_packed = np.where(keep, label_packed, 0).astype(np.int32)
+    comp_packed = np.where(keep, comp, -1).astype(np.int16)
+    labels = batch.scatter(label_packed, fill=0, dtype=np.int32)
+    components = batch.scatter(comp_packed, fill=-1, dtype=np.int16)
+    probabilities = None
+    if return_probabilities:
+        n_cls = len(CLASSES)
+        s_rows = soft.shape[0]
+        idx = torch.as_tensor(c2c, device=soft.device).unsqueeze(1).expand(s_rows, soft.shape[1], k)
+        by_class = torch.zeros(
+            s_rows, soft.shape[1], n_cls, dtype=torch.float32, device=soft.device
+        )
+        by_class.scatter_add_(2, idx, soft.to(torch.float32))
+        by_class = by_class * torch.as_tensor(keep, device=soft.device).unsqueeze(-1)
+        probabilities = batch.scatter(by_class, fill=0.0, dtype=np.float32)
+
+    # ---------------------------------------------------------------- per-slice arrays
+    weights = res.weights.detach().to("cpu", torch.float64).numpy()
+    covs = res.covariances.detach().to("cpu", torch.float64).numpy()
+    hist = res.nll_history.detach().to("cpu", torch.float64).numpy()
+    n_iter = res.n_iter.detach().to("cpu").numpy().astype(np.int64)
+    converged = res.converged.detach().to("cpu").numpy().astype(bool)
+    if per_slice:
+        slice_index = np.asarray(batch.slice_index, dtype=np.int64)
+    else:
+        # One mixture for the volume: every fitted slice shares its parameters.
+        slice_index = np.asarray(batch.crop_slices, dtype=np.int64)
+        rep = np.zeros(slice_index.size, dtype=np.int64)
+        weights, means, covs, c2c, hist = (a[rep] for a in (weights, means, covs, c2c, hist))
+        n_iter, converged, finished = n_iter[rep], converged[rep], finished[rep]
+
+    info = dict(getattr(res, "info", {}) or {})
+    params = {
+        "method": method,
+        "n_classes": k,
+        "covariance_type": covariance_type,
+        "init": init if method in EM_METHODS else None,
+        "tol": tol,
+        "max_iter": max_iter,
+        "seed": seed,
+        "device": str(dev),
+        "per_slice": bool(per_slice),
+        "normalize": normalize,
+        "channels": list(channels),
+        "prior": table.to_dict(),
+        "method_options": _jsonable({k_: v for k_, v in method_options.items() if k_ != "weights"}),
+        "skipped_slices": skipped,
+        "engine": _jsonable(info),
+        "version": __version__,
+        "torch_version": torch.__version__,
+    }
+    if "weights" in method_options:
+        params["method_options"]["weights"] = str(method_options["weights"])
+    return Fit(
+        method=method,
+        labels=labels,
+        components=components,
+        probabilities=probabilities,
+        slice_index=slice_index,
+        weights_=weights,
+        means_=means,
+        covariances_=covs,
+        component_to_class=c2c,
+        nll_history=hist,
+        n_iter_=n_iter,
+        converged_=converged,
+        finished=finished,
+        seconds=time.perf_counter() - t0,
+        params=params,
+    )
+
+
+def segment_case(
+    case: Any,
+    *,
+    roi: str | np.ndarray | None = "gt",
+    roi_labels: Sequence[int] = LV_ROI_VALUES,
+    **kw: Any,
+) -> Fit:
+    """Segment a :class:`~napari_gmmseg.io.Case`.
+
+    Parameters
+    ----------
+    case : napari_gmmseg.io.Case
+        The loaded case (images, channel names, optional ground-truth labels).
+    roi : "gt", None or numpy.ndarray, default "gt"
+        ``"gt"``: the LV ROI from the case's ground-truth mask (``roi_labels``); None:
+        whole slices; an array: a ``(Z, Y, X)`` bool mask, or a label map from which
+        ``roi_labels`` are taken when it is not boolean.
+    roi_labels : sequence of int, default (500, 200, 1220, 2221)
+        Label values that make up the ROI.
+    **kw
+        Options of :func:`segment`.
+
+    Returns
+    -------
+    Fit
+        With ``params["case_id"]``.
+
+    Raises
+    ------
+    RoiError
+        ``roi="gt"`` on a case without ground truth, or an unusable ROI.
+    """
+    if isinstance(roi, str):
+        if roi != "gt":
+            raise RoiError(f"roi must be 'gt', None or an array, got {roi!r}")
+        if case.labels is None:
+            raise RoiError(
+                f"case {case.case_id} has no ground-truth mask for roi='gt'; pass roi=None "
+                "(whole slices) or a mask"
+            )
+        roi_mask = np.isin(case.labels, np.asarray(roi_labels))
+    elif roi is None:
+        roi_mask = None
+    else:
+        roi_arr = np.asarray(roi)
+        roi_mask = roi_arr if roi_arr.dtype == bool else np.isin(roi_arr, np.asarray(roi_labels))
+    kw.setdefault("channels", case.channels)
+    fit = segment(case.images, roi_mask, **kw)
+    fit.params["case_id"] = case.case_id
+    fit.params["roi"] = roi if isinstance(roi, str) or roi is None else "array"
+    if isinstance(roi, str) or roi is not None:
+        fit.params["roi_labels"] = [int(v) for v in roi_labels]
+    return fit
