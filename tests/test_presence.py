@@ -17,6 +17,7 @@ from napari_gmmseg.presence import (
     as_rule,
     class_moments,
     presence_scores,
+    resolve_rule,
     rule_from_args,
 )
 
@@ -160,7 +161,9 @@ def test_reassignment_from_images_when_no_probabilities():
 def test_cli_arguments_round_trip():
     parser = argparse.ArgumentParser()
     add_cli_arguments(parser)
-    args = parser.parse_args([])
+    # The command line keeps K fixed unless asked (the real-case ablation, docs/quality.md).
+    assert resolve_rule(rule_from_args(parser.parse_args([]))) is None
+    args = parser.parse_args(["--presence", "pv-contrast"])
     assert rule_from_args(args) == PresenceRule()
     args = parser.parse_args(["--presence", "contrast", "--scar-threshold", "3"])
     assert rule_from_args(args) == PresenceRule(rule="contrast", scar_threshold=3.0)
@@ -266,3 +269,19 @@ def test_class_moments_pool_components_named_after_one_class():
     assert mu[0, 0, 0] == pytest.approx(1.0)
     assert var[0, 0, 0] == pytest.approx(0.1 + 0.25)  # within + between components
     np.testing.assert_allclose(mu[1], [BLOOD, MYO, EDEMA, SCAR_PV])
+
+
+def test_segment_applies_presence_once_and_only_when_asked(sample_data_dir):
+    """`segment(presence=...)` is the one place presence runs (CLI, batch and widget use it)."""
+    from napari_gmmseg.io import load_case
+    from napari_gmmseg.segment import segment_case
+
+    case = load_case(sample_data_dir, "1002")  # phantom without infarct
+    fixed = segment_case(case, method="gmm", seed=0)
+    assert (fixed.labels == 2221).any()  # fixed K always makes a "scar" class
+    assert "presence" not in fixed.params
+    pruned = segment_case(case, method="gmm", seed=0, presence="pv-contrast")
+    assert not (pruned.labels == 2221).any()
+    assert pruned.params["presence"]["rule"]["rule"] == "pv-contrast"
+    # Everything else the ROI held is still labelled.
+    np.testing.assert_array_equal(pruned.labels > 0, fixed.labels > 0)

@@ -44,6 +44,7 @@ from napari_gmmseg._version import __version__
 from napari_gmmseg.errors import CaseLoadError, GeometryError, GmmSegError, ModelError, RoiError
 from napari_gmmseg.labels import CLASS_NAMES, LV_ROI_VALUES
 from napari_gmmseg.metrics import LV_MYOCARDIUM_NAME
+from napari_gmmseg.presence import resolve_rule
 
 #: Column order of ``metrics.csv``.
 CSV_COLUMNS: tuple[str, ...] = (
@@ -231,16 +232,6 @@ _DEEP_ONLY = frozenset(
 )
 
 
-def _presence_rule(presence: Any):
-    """The presence rule to apply after each fit, or None for the paper's fixed K."""
-    if presence is None or (isinstance(presence, str) and presence == "none"):
-        return None
-    from napari_gmmseg.presence import as_rule
-
-    rule = as_rule(presence)
-    return None if rule.rule == "none" else rule
-
-
 def evaluate_case(
     source,
     methods: Sequence[str],
@@ -282,7 +273,7 @@ def evaluate_case(
 
     out_dir = Path(out_dir)
     options = dict(options or {})
-    rule = _presence_rule(presence)
+    rule = resolve_rule(presence)
     requested = _jsonable({"options": options, "presence": None if rule is None else asdict(rule)})
     case_id = source.case_id
     outcomes: list[CaseOutcome] = []
@@ -329,15 +320,10 @@ def evaluate_case(
                 kwargs = _method_kwargs(method, options)
                 if on_progress is not None:
                     kwargs["progress"] = lambda p, m=method: on_progress(case_id, m, p)
-                fit = segment_case(case, roi=roi_mask, method=method, **kwargs)
+                fit = segment_case(case, roi=roi_mask, method=method, presence=rule, **kwargs)
                 labels = np.asarray(fit.labels, dtype=np.int32)
                 if fit.cancelled:
                     raise ModelError(f"{method} on case {case_id} was cancelled")
-                if rule is not None:
-                    from napari_gmmseg.presence import apply_presence
-
-                    fit = apply_presence(fit, rule, channels=case.channels, images=case.images)
-                    labels = np.asarray(fit.labels, dtype=np.int32)
                 io.save_labels(labels, case.geometry, label_path, overwrite=force)
                 seconds = float(fit.seconds)
                 info = {
@@ -500,7 +486,7 @@ def evaluate_dataset(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     options = dict(options or {})
-    rule = _presence_rule(presence)  # validated before any case runs
+    rule = resolve_rule(presence)  # validated before any case runs
     kw = dict(
         roi=roi, force=force, options=options, with_hd95=with_hd95, empty=empty, presence=rule
     )

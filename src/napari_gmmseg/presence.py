@@ -458,11 +458,11 @@ def _optional_float(text: str) -> float | None:
     return float(text)
 
 
-def add_cli_arguments(parser: Any) -> None:
+def add_cli_arguments(parser: Any, *, default: str = "none") -> None:
     """Add the presence options to an ``argparse`` parser (``segment``, ``evaluate``).
 
-    Adds ``--presence RULE`` (default ``pv-contrast``; ``none`` keeps K fixed as in
-    the paper), ``--scar-threshold``, ``--edema-threshold``, ``--min-weight`` and
+    Adds ``--presence RULE`` (default ``none``: K fixed as in the paper, the choice the
+    real-case ablation supports; ``pv-contrast`` is the rule's own default), ``--scar-threshold``, ``--edema-threshold``, ``--min-weight`` and
     ``--presence-hysteresis``, ``--scar-gate`` and ``--edema-gate``;
     :func:`rule_from_args` turns them into a rule.
     """
@@ -471,9 +471,10 @@ def add_cli_arguments(parser: Any) -> None:
     g.add_argument(
         "--presence",
         choices=RULES,
-        default=d.rule,
+        default=default,
         help=f"per-slice presence rule for scar (and edema with --presence-classes) "
-        f"(default {d.rule}; 'none' = fixed K)",
+        f"(default {default}; 'none' = fixed K = 4 as the paper; {d.rule} removes a scar "
+        "class that is not enhanced beyond partial volume)",
     )
     g.add_argument(
         "--scar-threshold",
@@ -563,3 +564,19 @@ def as_rule(rule: PresenceRule | str | Mapping[str, Any] | None) -> PresenceRule
         except TypeError as exc:
             raise ModelError(f"invalid presence options {sorted(d)}: {exc}") from None
     raise ModelError(f"presence must be a PresenceRule, a rule name or None, got {rule!r}")
+
+
+def resolve_rule(rule: PresenceRule | str | Mapping[str, Any] | None) -> PresenceRule | None:
+    """The rule to apply after a fit, or None for the paper's fixed K (``None``/``"none"``).
+
+    Parameters
+    ----------
+    rule : PresenceRule, str, mapping or None
+        As :func:`as_rule`.
+
+    Returns
+    -------
+    PresenceRule or None
+    """
+    resolved = as_rule(rule)
+    return None if resolved.rule == "none" else resolved

@@ -91,6 +91,7 @@ def segment(
     device: Any = "auto",
     per_slice: bool = True,
     prior: Any = None,
+    presence: Any = None,
     progress: Callable[[Progress], Any] | None = None,
     should_stop: Callable[[], bool] | None = None,
     **method_options: Any,
@@ -117,7 +118,8 @@ def segment(
     init : str, default "kmeans++"
         EM initialisation, one of :data:`napari_gmmseg.mixture.INITS`.
     tol : float, default 1e-3
-        A slice stops when its mean NLL changes by less than this (EM methods).
+        Stop a slice when its mean NLL changes by less than this between iterations
+        (EM) or epochs (deep methods, after ``min_epochs``).
     max_iter : int, default 100
         EM iteration limit.
     seed : int, default 0
@@ -129,6 +131,10 @@ def segment(
     prior : PriorTable, dict, path or None
         Class means used for naming, ``init="prior"`` and deepSVG_mu (default
         :data:`napari_gmmseg.naming.DEFAULT_PRIOR`).
+    presence : PresenceRule, str, dict or None
+        Per-slice class presence applied after the fit
+        (:func:`napari_gmmseg.presence.apply_presence`): classes judged absent get no
+        labels. None or ``"none"`` keeps K fixed, as the paper.
     progress : callable, optional
         Receives :class:`~napari_gmmseg.fit.Progress` reports.
     should_stop : callable, optional
@@ -183,6 +189,9 @@ def segment(
     if normalize not in NORMALIZATIONS:
         raise ModelError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
     return_probabilities = bool(method_options.pop("return_probabilities", True))
+    from napari_gmmseg.presence import resolve_rule
+
+    rule = resolve_rule(presence)
     images = _validate_images(images)
     z_dim, y_dim, x_dim, n_ch = images.shape
     if channels is None:
@@ -262,6 +271,7 @@ def segment(
         from napari_gmmseg.deep import fit_deep
 
         opts = dict(method_options)
+        opts.setdefault("tol", tol)  # the same stopping rule on the NLL change per epoch
         if method == "deepsvg-mu" and "mu_data" not in opts and prior_means is not None:
             opts["mu_data"] = prior_means
         res = fit_deep(
@@ -350,7 +360,7 @@ def segment(
     }
     if "weights" in method_options:
         params["method_options"]["weights"] = str(method_options["weights"])
-    return Fit(
+    fit = Fit(
         method=method,
         labels=labels,
         components=components,
@@ -367,6 +377,12 @@ def segment(
         seconds=time.perf_counter() - t0,
         params=params,
     )
+    if rule is not None:
+        from napari_gmmseg.presence import apply_presence
+
+        fit = apply_presence(fit, rule, channels=channels, images=images)
+        fit.seconds = time.perf_counter() - t0
+    return fit
 
 
 def segment_case(

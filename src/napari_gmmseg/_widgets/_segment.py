@@ -7,6 +7,7 @@ comes from the core.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import queue
 import re
@@ -20,6 +21,7 @@ from qtpy.QtGui import QDoubleValidator
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
+    QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
     QGroupBox,
@@ -54,6 +56,7 @@ from napari_gmmseg._widgets._common import (
 )
 from napari_gmmseg.errors import GeometryError, GmmSegError, ModelError, RoiError
 from napari_gmmseg.labels import CLASSES, LV_ROI_VALUES
+from napari_gmmseg.presence import PresenceRule
 
 if TYPE_CHECKING:
     import napari
@@ -327,6 +330,36 @@ class SegmentWidget(QWidget):
         row.addWidget(self.max_iter_label)
         row.addWidget(self.max_iter)
         form.addRow("Tolerance", row)
+
+        # Class presence (napari_gmmseg.presence): fixed K as the paper, or drop a scar
+        # class that shows no LGE enhancement beyond blood/myocardium partial volume.
+        self.presence = QComboBox()
+        self.presence.addItem("fixed K (paper)", "none")
+        self.presence.addItem("drop absent scar (pv-contrast)", "pv-contrast")
+        self.presence.setToolTip(
+            "Per-slice class presence: 'drop absent scar' removes the scar class of a slice "
+            "whose scar component is not enhanced on LGE beyond the blood/myocardium "
+            "partial-volume line (threshold in SDs of remote myocardium), then keeps scar "
+            "pixels above remote + gate SDs. See docs/quality.md for its measured effect."
+        )
+        self.scar_threshold = QDoubleSpinBox()
+        self.scar_threshold.setRange(0.0, 20.0)
+        self.scar_threshold.setSingleStep(0.1)
+        self.scar_threshold.setValue(PresenceRule().scar_threshold)
+        self.scar_threshold.setToolTip("scar threshold, SDs of remote myocardium")
+        self.scar_gate = QDoubleSpinBox()
+        self.scar_gate.setRange(0.0, 20.0)
+        self.scar_gate.setSingleStep(0.5)
+        self.scar_gate.setValue(PresenceRule().scar_gate_n_sd or 0.0)
+        self.scar_gate.setSpecialValueText("no gate")
+        self.scar_gate.setToolTip("pixel gate on LGE, SDs above remote myocardium (0: off)")
+        row = QHBoxLayout()
+        row.addWidget(self.presence, 1)
+        row.addWidget(self.scar_threshold)
+        row.addWidget(self.scar_gate)
+        form.addRow("Presence", row)
+        self.presence.currentIndexChanged.connect(self._presence_changed)
+        self._presence_changed()
         self.probabilities = QCheckBox("add probability maps")
         form.addRow("", self.probabilities)
         layout.addWidget(box)
@@ -431,13 +464,26 @@ class SegmentWidget(QWidget):
         else:
             self.model_file.setPlaceholderText("— (deep methods only)")
         self.max_iter_label.setText("max epochs" if deep else "max iter")
-        # segment() forwards ``tol`` to the EM methods only; deep methods use their own
-        # stopping rule (napari_gmmseg.deep.DEFAULTS, docs/deep.md).
-        self.tol.setEnabled(not deep)
         if deep and self.max_iter.value() == 100:
             self.max_iter.setValue(50)
         elif not deep and self.max_iter.value() == 50:
             self.max_iter.setValue(100)
+
+    def _presence_changed(self, *_: Any) -> None:
+        active = self.presence.currentData() != "none"
+        self.scar_threshold.setEnabled(active)
+        self.scar_gate.setEnabled(active)
+
+    def _presence_rule(self) -> PresenceRule | None:
+        """The presence rule chosen in the dock, or None for fixed K."""
+        if self.presence.currentData() == "none":
+            return None
+        gate = self.scar_gate.value()
+        return PresenceRule(
+            rule=self.presence.currentData(),
+            scar_threshold=self.scar_threshold.value(),
+            scar_gate_n_sd=gate if gate > 0 else None,
+        )
 
     def _browse_model(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
@@ -503,6 +549,7 @@ class SegmentWidget(QWidget):
             "device": self.device.currentText(),
             "tol": self._tolerance(),
             "per_slice": bool(self.per_slice.currentData()),
+            "presence": self._presence_rule(),
         }
         limit = self.max_iter.value()
         if method in DEEP_METHODS:
@@ -706,7 +753,14 @@ class SegmentWidget(QWidget):
             "method": fit.method,
             "params": dict(fit.params),
             "options": {
-                k: (str(v) if k in ("weights", "mu_data") else v) for k, v in request.kwargs.items()
+                k: (
+                    str(v)
+                    if k in ("weights", "mu_data")
+                    else dataclasses.asdict(v)
+                    if isinstance(v, PresenceRule)
+                    else v
+                )
+                for k, v in request.kwargs.items()
             },
             "seed": request.kwargs["seed"],
             "version": __version__,

@@ -31,30 +31,17 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_presence_options(parser: argparse.ArgumentParser) -> None:
-    """The class-presence options of :mod:`napari_gmmseg.presence`, default ``none``.
-
-    ``none`` keeps K = 4 in every slice, the paper's protocol the tables reproduce;
-    ``--presence pv-contrast`` (etc.) removes absent scar / edema per slice.
-    """
+    """The class-presence options of :mod:`napari_gmmseg.presence` (default ``none``, fixed K)."""
     from napari_gmmseg.presence import add_cli_arguments
 
     add_cli_arguments(parser)
-    for action in parser._actions:  # argparse has no public way to edit an added option
-        if action.dest == "presence":
-            action.default = "none"
-            action.help = (
-                "per-slice presence rule for edema and scar (default none = fixed K = 4, "
-                "the paper's protocol; pv-contrast removes absent classes)"
-            )
 
 
 def presence_rule(args: argparse.Namespace):
     """The presence rule from the command line, or None for fixed K."""
-    if getattr(args, "presence", "none") == "none":
-        return None
-    from napari_gmmseg.presence import rule_from_args
+    from napari_gmmseg.presence import resolve_rule, rule_from_args
 
-    return rule_from_args(args)
+    return resolve_rule(rule_from_args(args))
 
 
 def method_options(args: argparse.Namespace) -> dict:

@@ -68,6 +68,9 @@ def register(subparsers) -> None:
     )
     m.add_argument("--weights", metavar="MODEL", help="trained model file (deep methods)")
     m.add_argument("--max-epochs", type=int, default=None, help="epochs of the deep methods")
+    from napari_gmmseg.presence import add_cli_arguments
+
+    add_cli_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -122,6 +125,11 @@ def run(args: argparse.Namespace) -> int:
     if args.max_epochs is not None:
         options["max_epochs"] = args.max_epochs
 
+    from napari_gmmseg.presence import resolve_rule, rule_from_args
+
+    # Presence decides between LV tissues: it needs the LV ROI.
+    presence = resolve_rule(rule_from_args(args)) if roi is not None else None
+
     def report(p) -> None:
         print(
             f"\r  iteration {p.iteration}: {p.slices_done}/{p.slices_total} slices done",
@@ -144,8 +152,9 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         per_slice=not args.per_volume,
         prior=args.prior,
+        presence=presence,
         progress=None if args.quiet else report,
-        return_probabilities=False,
+        return_probabilities=presence is not None,
         **options,
     )
     if not args.quiet:
