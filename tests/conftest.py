@@ -11,27 +11,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_DATA = REPO_ROOT / "sample_data"
 
 
-def _pin_none() -> None:
-    """Work around a reference leak on ``None`` in the Qt binding (GUI tests, Python < 3.12).
-
-    With PySide6 6.12 on Python 3.11 every napari viewer created and closed drops
-    about 10,000 references to ``None`` (measured with ``sys.getrefcount(None)``), so
-    after ~9 viewers in one process ``None`` is "deallocated" and the interpreter
-    aborts (``Fatal Python error: none_dealloc``, exit 134), mid-run or at exit.
-    Python 3.12+ makes ``None`` immortal; before that we give it enough spare
-    references to never reach zero.
-    """
-    import sys
-
-    if sys.version_info < (3, 12) and not hasattr(sys, "gettotalrefcount"):  # not a debug build
-        import ctypes
-
-        ctypes.c_ssize_t.from_address(id(None)).value += 1 << 40
-
-
-_pin_none()
-
-
 def _real_data_dir() -> Path | None:
     """The 3 real MyoPS cases: $GMMSEG_REAL_DATA or ../shared/data/myops_real beside the repo."""
     candidates = [os.environ.get("GMMSEG_REAL_DATA"), REPO_ROOT.parent / "shared/data/myops_real"]
