@@ -227,6 +227,36 @@ def test_batched_equals_one_slice_at_a_time(batch):
         torch.testing.assert_close(full.nll_history[s : s + 1], one.nll_history, atol=1e-3, rtol=0)
 
 
+def test_flat_adamw_clips_per_network_in_step():
+    torch.manual_seed(1)
+    shapes = {"a": (3, 4, 2), "b": (3, 5)}
+    init = {k: torch.randn(*sh) for k, sh in shapes.items()}
+    grads = {k: torch.randn(*sh) * 20 for k, sh in shapes.items()}
+    p1 = {k: v.clone().requires_grad_(True) for k, v in init.items()}
+    p2 = {k: v.clone().requires_grad_(True) for k, v in init.items()}
+    o1, o2 = StackedAdamW(p1, 1e-2, 1e-3), StackedAdamW(p2, 1e-2, 1e-3)
+    g1 = {k: v.clone() for k, v in grads.items()}
+    norms = clip_per_network(g1, 12.0)
+    o1.step(g1)
+    norms2 = o2.step([grads[k].clone() for k in o2.keys], max_norm=12.0)
+    torch.testing.assert_close(norms2, norms)
+    for k in shapes:
+        torch.testing.assert_close(p1[k], p2[k])
+        assert p2[k].is_leaf and p2[k].requires_grad
+    kept = o2.keep(torch.tensor([2, 0]))
+    torch.testing.assert_close(kept["a"].detach(), p1["a"].detach()[[2, 0]])
+
+
+def test_thread_setting_is_restored_and_leaves_the_result(batch):
+    before = torch.get_num_threads()
+    one = _opt(batch, method="deepsvg", num_threads=1)
+    assert torch.get_num_threads() == before
+    two = _opt(batch, method="deepsvg", num_threads=2)
+    torch.testing.assert_close(one.resp, two.resp, atol=1e-4, rtol=0)
+    with pytest.raises(ModelError):
+        _opt(batch, num_threads=0)
+
+
 def test_stopping_rule_freezes_slices(batch):
     st = _opt(batch, method="deepg", max_epochs=8, min_epochs=3, tol=1e9)
     assert st.n_iter.tolist() == [3, 3, 3]

@@ -80,6 +80,7 @@ def fit_deep(
     progress: Callable[[Any], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     channels: Sequence[str] | None = None,
+    num_threads: int | None = None,
     **unused: Any,
 ) -> Any:
     """Fit deepG / deepSVG / deepSVG_mu to every slice of a batch.
@@ -123,6 +124,10 @@ def fit_deep(
     channels : sequence of str, optional
         Channel names of the batch (default ``batch.channels``); checked against a
         model file's channel order.
+    num_threads : int, optional
+        CPU threads of the per-slice optimisation (default: half the cores, at least
+        one; see :func:`napari_gmmseg.deep.optimize.optimize_slices`). Results do not
+        depend on it.
     **unused
         Options of other methods (ignored).
 
@@ -179,6 +184,7 @@ def fit_deep(
         slice_index=batch.slice_index,
         progress=progress,
         should_stop=should_stop,
+        num_threads=num_threads,
     )
     info = {
         "seconds": time.perf_counter() - t0,

@@ -20,8 +20,10 @@ stacked tensors so that finished slices can be frozen and dropped cheaply.
 from __future__ import annotations
 
 import math
+import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +31,14 @@ import numpy as np
 
 from napari_gmmseg.errors import ModelError
 
-__all__ = ["DeepState", "StackedAdamW", "optimize_slices", "slice_seeds"]
+__all__ = [
+    "DeepState",
+    "StackedAdamW",
+    "cpu_threads",
+    "default_cpu_threads",
+    "optimize_slices",
+    "slice_seeds",
+]
 
 
 def slice_seeds(seed: int, slice_index: Sequence[int]) -> list[int]:
@@ -48,12 +57,17 @@ class StackedAdamW:
     """AdamW on stacked per-network parameters ``(S, ...)`` with a per-network freeze mask.
 
     The update is exactly :class:`torch.optim.AdamW`'s (decoupled weight decay,
-    bias-corrected moments), applied to every network of the stack at once.
+    bias-corrected moments), applied to every network of the stack at once. All
+    parameters live in one flat ``(S, P)`` buffer (the tensors of ``params`` are
+    replaced, in the same dictionary, by leaf views into it), so a step is a handful
+    of whole-buffer operations instead of several per parameter tensor: on a 2-core
+    CPU the per-tensor loop cost more than the arithmetic.
 
     Parameters
     ----------
     params : dict of str to torch.Tensor
-        Stacked leaf parameters, updated in place.
+        Stacked leaf parameters; the dictionary's values are replaced by views into
+        the flat buffer and updated in place by :meth:`step`.
     lr, weight_decay : float
         Learning rate and decoupled weight decay.
     betas : (float, float), default (0.9, 0.999)
@@ -70,38 +84,91 @@ class StackedAdamW:
     ) -> None:
         import torch
 
-        self.params = params
         self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, betas, eps
-        self.exp_avg = {k: torch.zeros_like(p) for k, p in params.items()}
-        self.exp_avg_sq = {k: torch.zeros_like(p) for k, p in params.items()}
+        self.keys = list(params)
+        self.shapes = [tuple(params[k].shape[1:]) for k in self.keys]
+        with torch.no_grad():
+            self.flat = torch.cat(
+                [params[k].detach().reshape(params[k].shape[0], -1) for k in self.keys], 1
+            )
+        self.params = params
+        self._rebind()
+        self.exp_avg = torch.zeros_like(self.flat)
+        self.exp_avg_sq = torch.zeros_like(self.flat)
         self.step_count = 0
 
-    def step(self, grads: dict, active: Any | None = None) -> None:
-        """One AdamW step; networks with ``active[s]`` False keep their parameters."""
+    def _rebind(self) -> None:
+        """Point ``self.params[k]`` at leaf views of the flat buffer (same dict object)."""
         import torch
 
-        self.step_count += 1
-        b1, b2 = self.betas
-        bc1 = 1.0 - b1**self.step_count
-        bc2_sqrt = math.sqrt(1.0 - b2**self.step_count)
-        step_size = self.lr / bc1
+        n = self.flat.shape[0]
+        offset = 0
         with torch.no_grad():
-            for k, p in self.params.items():
-                g = grads[k]
-                m, v = self.exp_avg[k], self.exp_avg_sq[k]
-                m.mul_(b1).add_(g, alpha=1.0 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
-                denom = (v.sqrt() / bc2_sqrt).add_(self.eps)
-                new = p * (1.0 - self.lr * self.weight_decay) - step_size * (m / denom)
-                if active is not None:
-                    new = torch.where(active.view(-1, *([1] * (p.ndim - 1))), new, p)
-                p.copy_(new)
+            for k, shape in zip(self.keys, self.shapes, strict=True):
+                size = math.prod(shape)
+                view = self.flat[:, offset : offset + size].view(n, *shape)
+                self.params[k] = view.requires_grad_(True)
+                offset += size
+
+    def flatten(self, grads: dict | Sequence) -> Any:
+        """``(S, P)`` gradient buffer from per-parameter gradients (dict or list in key order)."""
+        import torch
+
+        gs = [grads[k] for k in self.keys] if isinstance(grads, dict) else list(grads)
+        return torch.cat([g.reshape(g.shape[0], -1) for g in gs], 1)
+
+    def step(self, grads: Any, active: Any | None = None, max_norm: float | None = None) -> Any:
+        """One AdamW step; networks with ``active[s]`` False keep their parameters.
+
+        Parameters
+        ----------
+        grads : dict, list or torch.Tensor
+            Per-parameter gradients (dict by name or list in key order) or the flat
+            ``(S, P)`` buffer from :meth:`flatten`.
+        active : torch.Tensor, optional
+            ``(S,)`` bool; False freezes that network.
+        max_norm : float, optional
+            Clip each network's gradient to this total 2-norm first (as
+            :func:`clip_per_network`).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(S,)`` gradient norms before clipping.
+        """
+        import torch
+
+        with torch.no_grad():
+            g = grads if isinstance(grads, torch.Tensor) else self.flatten(grads)
+            norms = g.pow(2).sum(1).sqrt()
+            if max_norm is not None and max_norm > 0:
+                coef = torch.clamp(max_norm / (norms + 1e-6), max=1.0)
+                g = g * coef.unsqueeze(1)
+            self.step_count += 1
+            b1, b2 = self.betas
+            bc1 = 1.0 - b1**self.step_count
+            bc2_sqrt = math.sqrt(1.0 - b2**self.step_count)
+            step_size = self.lr / bc1
+            m, v, p = self.exp_avg, self.exp_avg_sq, self.flat
+            m.mul_(b1).add_(g, alpha=1.0 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1.0 - b2)
+            denom = (v.sqrt() / bc2_sqrt).add_(self.eps)
+            decay = 1.0 - self.lr * self.weight_decay
+            # The arithmetic of torch.optim.AdamW; in place when no network is frozen
+            # (checked on the CPU only: off the CPU it would be a host sync per epoch).
+            if active is None or (p.device.type == "cpu" and bool(active.all())):
+                p.mul_(decay).addcdiv_(m, denom, value=-step_size)
+            else:
+                new = p.mul(decay).addcdiv_(m, denom, value=-step_size)
+                p.copy_(torch.where(active.view(-1, 1), new, p))
+        return norms
 
     def keep(self, index: Any) -> dict:
         """Drop every network not in ``index`` (1-D long tensor); returns the new params."""
-        self.params = {k: p.detach()[index].requires_grad_(True) for k, p in self.params.items()}
-        self.exp_avg = {k: v[index] for k, v in self.exp_avg.items()}
-        self.exp_avg_sq = {k: v[index] for k, v in self.exp_avg_sq.items()}
+        self.flat = self.flat[index]
+        self.exp_avg = self.exp_avg[index]
+        self.exp_avg_sq = self.exp_avg_sq[index]
+        self._rebind()
         return self.params
 
 
@@ -177,6 +244,31 @@ def gather_logits(logits: Any, flat_index: Any) -> Any:
     return logits.reshape(s, k, -1).gather(2, idx).transpose(1, 2)
 
 
+def default_cpu_threads() -> int:
+    """Default CPU threads of :func:`optimize_slices`: half the cores (at least one), at most torch's."""
+    import torch
+
+    return max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) // 2))
+
+
+@contextmanager
+def cpu_threads(n: int | None) -> Iterator[None]:
+    """Run a block with ``torch.set_num_threads(n)`` and restore the previous setting."""
+    import torch
+
+    old = torch.get_num_threads()
+    if n is None or int(n) == old:
+        yield
+        return
+    if int(n) < 1:
+        raise ModelError(f"num_threads must be >= 1, got {n}")
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 def optimize_slices(
     x: Any,
     valid: Any,
@@ -202,6 +294,7 @@ def optimize_slices(
     slice_index: Sequence[int] | None = None,
     progress: Callable[[Any], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    num_threads: int | None = None,
 ) -> DeepState:
     """Algorithm 3 on a batch of slices: one fresh network per slice, optimised together.
 
@@ -244,11 +337,76 @@ def optimize_slices(
     should_stop : callable, optional
         Checked every epoch; when it returns True the fit stops, finished slices are
         kept and the others are returned with ``finished`` False.
+    num_threads : int, optional
+        CPU threads for the run (restored afterwards; ignored off the CPU). Default
+        :func:`default_cpu_threads`: half the cores, at least one. The per-slice
+        networks are small, so torch's intra-op threads gain little and, on a busy
+        machine, their barriers cost several times the arithmetic (measured in
+        ``docs/deep.md``). The result does not depend on it.
 
     Returns
     -------
     DeepState
     """
+
+    threads = None
+    if x.device.type == "cpu":
+        threads = default_cpu_threads() if num_threads is None else int(num_threads)
+    with cpu_threads(threads):
+        return _optimize_slices(
+            x,
+            valid,
+            crops,
+            flat_index,
+            method=method,
+            n_classes=n_classes,
+            seeds=seeds,
+            network=network,
+            max_epochs=max_epochs,
+            min_epochs=min_epochs,
+            tol=tol,
+            lr=lr,
+            weight_decay=weight_decay,
+            clip_norm=clip_norm,
+            mu_data=mu_data,
+            lam=lam,
+            reg_covar=reg_covar,
+            covariance_type=covariance_type,
+            amp=amp,
+            sync_every=sync_every,
+            slice_index=slice_index,
+            progress=progress,
+            should_stop=should_stop,
+        )
+
+
+def _optimize_slices(
+    x: Any,
+    valid: Any,
+    crops: Any,
+    flat_index: Any,
+    *,
+    method: str = "deepsvg",
+    n_classes: int = 4,
+    seeds: Sequence[int],
+    network: Any = None,
+    max_epochs: int = 200,
+    min_epochs: int = 10,
+    tol: float = 1e-3,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-3,
+    clip_norm: float = 12.0,
+    mu_data: Any = None,
+    lam: float = 1.0,
+    reg_covar: float = 1e-3,
+    covariance_type: str = "diag",
+    amp: bool | None = None,
+    sync_every: int | None = None,
+    slice_index: Sequence[int] | None = None,
+    progress: Callable[[Any], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> DeepState:
+    """:func:`optimize_slices` without the thread setting."""
     import torch
 
     from napari_gmmseg.deep.losses import mixture_loss, spatially_variant
@@ -363,11 +521,8 @@ def optimize_slices(
             stopped = True
             break
         if loss.requires_grad:
-            keys = list(params)
-            grads = torch.autograd.grad(loss, [params[k] for k in keys])
-            grads = dict(zip(keys, grads, strict=True))
-            clip_per_network(grads, clip_norm)
-            opt.step(grads, active)
+            grads = torch.autograd.grad(loss, [params[k] for k in opt.keys])
+            opt.step(grads, active, max_norm=clip_norm)
         if epoch % sync_every == 0 and n_active < int(rows.shape[0]):
             keep = torch.nonzero(active).squeeze(1)
             params = opt.keep(keep)
