@@ -163,3 +163,47 @@ def test_cli_writes_labels_on_the_bssfp_grid(case, tmp_path):
     np.testing.assert_array_equal(io.read_labels(out), labels)  # same ROI, same seed
     with pytest.raises(OutputExistsError):
         io.save_labels(labels, case.geometry, out)
+
+
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("gmm", {"tol": 1e-6, "check_every": 1}),
+        ("svgmm", {"tol": 1e-6, "check_every": 2}),
+        ("gmm", {"tol": 1e-6, "spatial": "mrf", "beta": 0.5}),
+        ("deepsvg", {"tol": 0.2, "lr": 1e-2, "max_epochs": 12, "min_epochs": 2}),
+    ],
+)
+def test_progress_reports_label_finished_slices_as_the_final_fit(method, options):
+    """Live fill: ``Progress.partial`` labels every finished slice exactly as the result."""
+    if method.startswith("deep"):
+        pytest.importorskip("monai")
+    from napari_gmmseg.phantom import make_case
+
+    small = make_case(0, n_slices=4, size=64)
+    roi = small.roi()
+    reports = []
+    fit = segment(
+        small.images,
+        roi,
+        channels=small.channels,
+        method=method,
+        progress=reports.append,
+        **options,
+    )
+    assert len(set(fit.n_iter_.tolist())) > 1, "slices should finish at different checks"
+    done = [r for r in reports if r.partial is not None]
+    counts = [int(r.partial.finished.sum()) for r in done]
+    assert counts == sorted(counts) and 1 <= counts[0] < len(fit.slice_index) == counts[-1]
+    for r in reports:
+        assert r.new_rows is None  # consumed by segment
+        z_done = np.asarray(r.finished, dtype=np.int64)
+        if r.partial is None:
+            assert z_done.size == 0
+            continue
+        partial = r.partial
+        np.testing.assert_array_equal(np.sort(partial.slice_index[partial.finished]), z_done)
+        np.testing.assert_array_equal(partial.labels[z_done], fit.labels[z_done])
+        others = np.setdiff1d(np.arange(small.shape[0]), z_done)
+        assert not partial.labels[others].any()
+        assert partial.labels[z_done][roi[z_done]].all()

@@ -27,7 +27,12 @@ class Progress:
     finished : numpy.ndarray
         Volume z-indices of the slices finished so far.
     partial : Fit or None
-        Labels of the finished slices so far, when the method can give them cheaply.
+        Labels of the finished slices so far (0 on the others), set by
+        :func:`napari_gmmseg.segment.segment` from :attr:`new_rows`.
+    new_rows : RowUpdate or None
+        Final model state of the batch rows finished since the previous report, set by
+        the methods only when a progress callback listens; :func:`~napari_gmmseg.segment.segment`
+        consumes it (it is None in the reports a caller of ``segment`` receives).
     """
 
     slices_done: int
@@ -36,6 +41,26 @@ class Progress:
     nll: float = float("nan")
     finished: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     partial: Fit | None = None
+    new_rows: RowUpdate | None = None
+
+
+@dataclass
+class RowUpdate:
+    """Final state of batch rows that just finished, for labelling them while the fit runs.
+
+    Attributes
+    ----------
+    rows : numpy.ndarray
+        ``(n,)`` int64 row indices into the :class:`~napari_gmmseg.preprocess.SliceBatch`.
+    responsibilities : torch.Tensor
+        ``(n, N_max, K)`` final soft maps of those rows, on the CPU.
+    means : torch.Tensor
+        ``(n, K, M)`` final component means (normalised units), on the CPU.
+    """
+
+    rows: np.ndarray
+    responsibilities: Any
+    means: Any
 
 
 @dataclass

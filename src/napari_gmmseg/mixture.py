@@ -53,7 +53,7 @@ import numpy as np
 import torch
 
 from napari_gmmseg.errors import ModelError, RoiError
-from napari_gmmseg.fit import Progress
+from napari_gmmseg.fit import Progress, RowUpdate
 from napari_gmmseg.gaussian import COVARIANCE_TYPES, precision_cholesky
 
 __all__ = [
@@ -842,6 +842,7 @@ def _fit_impl(
     active_w = active_full.clone()
     w_w, mu_w, cov_w = weights, means, covs
     n_iter_w, conv_w = n_iter, converged
+    reported = np.zeros(s_full, dtype=bool)  # rows whose final state went to ``progress``
     for it in range(max_iter):
         if should_stop is not None and should_stop():
             stopped = True
@@ -883,8 +884,38 @@ def _fit_impl(
                 fin_mask = torch.ones(s_full, dtype=torch.bool, device=dev)
                 if not last:
                     fin_mask[rows[active_w]] = False
-                fin = np.asarray(batch.slice_index)[fin_mask.cpu().numpy()]
+                fin_np = fin_mask.cpu().numpy()
+                fin = np.asarray(batch.slice_index)[fin_np]
                 still = nll_t[active_w] if n_active else nll_t[upd]
+                # Rows finished since the last report are still in the working set
+                # (it shrinks only after reporting): hand over their final soft maps.
+                new_rows = None
+                if (fin_np & ~reported).any():
+                    rows_np = rows.cpu().numpy()
+                    sub_np = np.nonzero(fin_np[rows_np] & ~reported[rows_np])[0]
+                    sub = torch.as_tensor(sub_np, device=dev)
+                    if log_pi_w is not None:
+                        soft_new = torch.exp(log_pi_w[sub]) * valid_f_full[rows[sub]].unsqueeze(1)
+                    else:
+                        nb = None
+                        if spatial == "mrf":
+                            nb = beta * _neighbour_sum(batch, rows[sub], resp_w[sub])
+                        soft_new = torch.empty(sub.numel(), k, n_max, dtype=dtype, device=dev)
+                        e_pass(
+                            w_w[sub],
+                            mu_w[sub],
+                            cov_w[sub],
+                            select(rows[sub]),
+                            nb=nb,
+                            resp_out=soft_new,
+                            want_stats=False,
+                        )
+                    new_rows = RowUpdate(
+                        rows=rows_np[sub_np],
+                        responsibilities=soft_new.transpose(1, 2).cpu(),
+                        means=mu_w[sub].to(dtype).cpu(),
+                    )
+                    reported[rows_np[sub_np]] = True
                 progress(
                     Progress(
                         slices_done=s_full - n_active,
@@ -892,6 +923,7 @@ def _fit_impl(
                         iteration=it + 1,
                         nll=float(still.mean()) if still.numel() else float("nan"),
                         finished=fin,
+                        new_rows=new_rows,
                     )
                 )
             if n_active == 0:

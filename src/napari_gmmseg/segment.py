@@ -11,6 +11,7 @@ components after the tissue classes (:mod:`napari_gmmseg.naming`) and returns a
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -74,6 +75,139 @@ def _validate_images(images: Any) -> np.ndarray:
     if images.shape[-1] < 1 or min(images.shape[:3]) < 1:
         raise CaseLoadError(f"images are empty: shape {images.shape}")
     return images
+
+
+def _name_components(
+    means: np.ndarray, channels: Sequence[str], table: Any, known: bool, k: int
+) -> np.ndarray:
+    """``(S, K)`` class index of every component from its ``(S, K, M)`` means."""
+    from napari_gmmseg.naming import name_components
+
+    if known:
+        c2c = name_components(means, channels, table)
+    else:
+        # Channels the prior does not know: order components by the first channel's
+        # mean, brightest first (blood is brightest on bSSFP).
+        order = np.argsort(-means[:, :, 0], axis=1, kind="stable")
+        c2c = np.empty_like(order)
+        np.put_along_axis(c2c, order, np.minimum(np.arange(k), len(CLASSES) - 1)[None], axis=1)
+    return c2c.astype(np.int64)
+
+
+def _build_labels(
+    batch: Any, soft: Any, c2c: np.ndarray, finished: np.ndarray, return_probabilities: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Named volumes from ``(S, N_max, K)`` soft maps: the ONE place labels are made.
+
+    Returns ``(Z, Y, X)`` int32 MyoPS labels and int16 components of the rows where
+    ``finished`` is True (0 / -1 elsewhere), and ``(Z, Y, X, n_classes)`` class-ordered
+    soft maps when asked.
+    """
+    import torch
+
+    k = soft.shape[-1]
+    comp = soft.argmax(-1).to("cpu").numpy().astype(np.int64)  # (S, N)
+    valid = batch.valid.to("cpu").numpy()
+    values = np.asarray(CLASS_VALUES, dtype=np.int32)
+    cls = np.take_along_axis(c2c, comp, axis=1)  # (S, N) class index
+    keep = valid & finished[:, None]
+    label_packed = np.where(keep, values[cls], 0).astype(np.int32)
+    comp_packed = np.where(keep, comp, -1).astype(np.int16)
+    labels = batch.scatter(label_packed, fill=0, dtype=np.int32)
+    components = batch.scatter(comp_packed, fill=-1, dtype=np.int16)
+    probabilities = None
+    if return_probabilities:
+        n_cls = len(CLASSES)
+        s_rows = soft.shape[0]
+        idx = torch.as_tensor(c2c, device=soft.device).unsqueeze(1).expand(s_rows, soft.shape[1], k)
+        by_class = torch.zeros(
+            s_rows, soft.shape[1], n_cls, dtype=torch.float32, device=soft.device
+        )
+        by_class.scatter_add_(2, idx, soft.to(torch.float32))
+        by_class = by_class * torch.as_tensor(keep, device=soft.device).unsqueeze(-1)
+        probabilities = batch.scatter(by_class, fill=0.0, dtype=np.float32)
+    return labels, components, probabilities
+
+
+def _slice_rows(batch: Any, per_slice: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """z-index of every per-slice entry of the Fit, and the batch row of each (whole volume)."""
+    if per_slice:
+        return np.asarray(batch.slice_index, dtype=np.int64), None
+    slice_index = np.asarray(batch.crop_slices, dtype=np.int64)
+    return slice_index, np.zeros(slice_index.size, dtype=np.int64)
+
+
+class _LiveLabels:
+    """Progress callback wrapper: turns ``Progress.new_rows`` into ``Progress.partial``.
+
+    Keeps the final soft maps and means of the rows finished so far (on the CPU) and,
+    when more rows finished, labels them with :func:`_build_labels`, so the caller's
+    callback sees labels for every finished slice (0 elsewhere) while the fit runs.
+    """
+
+    def __init__(
+        self,
+        progress: Callable[[Progress], Any],
+        batch: Any,
+        method: str,
+        per_slice: bool,
+        channels: tuple[str, ...],
+        table: Any,
+        known: bool,
+        k: int,
+        t0: float,
+    ) -> None:
+        self.progress, self.batch, self.method, self.per_slice = progress, batch, method, per_slice
+        self.channels, self.table, self.known, self.k, self.t0 = channels, table, known, k, t0
+        s = int(batch.valid.shape[0])
+        self.done = np.zeros(s, dtype=bool)
+        self.c2c = np.zeros((s, k), dtype=np.int64)
+        self.means = np.zeros((s, k, int(batch.x.shape[-1])), dtype=np.float64)
+        self.soft: Any = None
+        self.partial: Fit | None = None
+
+    def __call__(self, p: Progress) -> Any:
+        upd = p.new_rows
+        if upd is not None and len(upd.rows):
+            self._add(upd)
+        return self.progress(dataclasses.replace(p, partial=self.partial, new_rows=None))
+
+    def _add(self, upd: Any) -> None:
+        import torch
+
+        rows = np.asarray(upd.rows, dtype=np.int64)
+        resp = torch.as_tensor(upd.responsibilities).to("cpu", torch.float32)
+        means = torch.as_tensor(upd.means).to("cpu", torch.float64).numpy()
+        if self.soft is None:
+            s, n = self.batch.valid.shape
+            self.soft = torch.zeros(int(s), int(n), self.k, dtype=torch.float32)
+        self.soft[torch.as_tensor(rows)] = resp
+        self.means[rows] = means
+        self.c2c[rows] = _name_components(means, self.channels, self.table, self.known, self.k)
+        self.done[rows] = True
+        labels, components, _ = _build_labels(self.batch, self.soft, self.c2c, self.done, False)
+        slice_index, rep = _slice_rows(self.batch, self.per_slice)
+        means_, c2c, done = self.means, self.c2c, self.done
+        if rep is not None:
+            means_, c2c, done = means_[rep], c2c[rep], done[rep]
+        s = slice_index.size
+        self.partial = Fit(
+            method=self.method,
+            labels=labels,
+            components=components,
+            probabilities=None,
+            slice_index=slice_index,
+            weights_=np.zeros((s, self.k)),
+            means_=means_.copy(),
+            covariances_=np.zeros_like(means_),
+            component_to_class=c2c.copy(),
+            nll_history=np.zeros((s, 0)),
+            n_iter_=np.zeros(s, dtype=np.int64),
+            converged_=np.zeros(s, dtype=bool),
+            finished=done.copy(),
+            seconds=time.perf_counter() - self.t0,
+            params={"method": self.method, "partial": True},
+        )
 
 
 def segment(
@@ -169,7 +303,7 @@ def segment(
     from napari_gmmseg import __version__
     from napari_gmmseg.gaussian import COVARIANCE_TYPES
     from napari_gmmseg.mixture import INITS
-    from napari_gmmseg.naming import load_prior, name_components
+    from napari_gmmseg.naming import load_prior
     from napari_gmmseg.preprocess import NORMALIZATIONS, SliceBatch, resolve_device
 
     # ---------------------------------------------------------------- validation
@@ -245,6 +379,10 @@ def segment(
     batch = SliceBatch.from_volume(
         images, roi_mask, channels=channels, normalize=normalize, per_slice=per_slice, device=dev
     )
+    if progress is not None:
+        progress = _LiveLabels(
+            progress, batch, method, per_slice, channels, table, prior_means is not None, k, t0
+        )
     if method in EM_METHODS:
         from napari_gmmseg import mixture
 
@@ -289,39 +427,11 @@ def segment(
 
     # ---------------------------------------------------------------- naming
     means = res.means.detach().to("cpu", torch.float64).numpy()
-    if prior_means is not None:
-        c2c = name_components(means, channels, table)
-    else:
-        # Channels the prior does not know: order components by the first channel's
-        # mean, brightest first (blood is brightest on bSSFP).
-        order = np.argsort(-means[:, :, 0], axis=1, kind="stable")
-        c2c = np.empty_like(order)
-        np.put_along_axis(c2c, order, np.minimum(np.arange(k), len(CLASSES) - 1)[None], axis=1)
-    c2c = c2c.astype(np.int64)
-
-    soft = res.responsibilities.detach()
-    comp = soft.argmax(-1).to("cpu").numpy().astype(np.int64)  # (S, N)
+    c2c = _name_components(means, channels, table, prior_means is not None, k)
     finished = res.finished.detach().to("cpu").numpy().astype(bool)
-    valid = batch.valid.to("cpu").numpy()
-    values = np.asarray(CLASS_VALUES, dtype=np.int32)
-    cls = np.take_along_axis(c2c, comp, axis=1)  # (S, N) class index
-    label_packed = values[cls]
-    keep = valid & finished[:, None]
-    label_packed = np.where(keep, label_packed, 0).astype(np.int32)
-    comp_packed = np.where(keep, comp, -1).astype(np.int16)
-    labels = batch.scatter(label_packed, fill=0, dtype=np.int32)
-    components = batch.scatter(comp_packed, fill=-1, dtype=np.int16)
-    probabilities = None
-    if return_probabilities:
-        n_cls = len(CLASSES)
-        s_rows = soft.shape[0]
-        idx = torch.as_tensor(c2c, device=soft.device).unsqueeze(1).expand(s_rows, soft.shape[1], k)
-        by_class = torch.zeros(
-            s_rows, soft.shape[1], n_cls, dtype=torch.float32, device=soft.device
-        )
-        by_class.scatter_add_(2, idx, soft.to(torch.float32))
-        by_class = by_class * torch.as_tensor(keep, device=soft.device).unsqueeze(-1)
-        probabilities = batch.scatter(by_class, fill=0.0, dtype=np.float32)
+    labels, components, probabilities = _build_labels(
+        batch, res.responsibilities.detach(), c2c, finished, return_probabilities
+    )
 
     # ---------------------------------------------------------------- per-slice arrays
     weights = res.weights.detach().to("cpu", torch.float64).numpy()
@@ -329,12 +439,9 @@ def segment(
     hist = res.nll_history.detach().to("cpu", torch.float64).numpy()
     n_iter = res.n_iter.detach().to("cpu").numpy().astype(np.int64)
     converged = res.converged.detach().to("cpu").numpy().astype(bool)
-    if per_slice:
-        slice_index = np.asarray(batch.slice_index, dtype=np.int64)
-    else:
+    slice_index, rep = _slice_rows(batch, per_slice)
+    if rep is not None:
         # One mixture for the volume: every fitted slice shares its parameters.
-        slice_index = np.asarray(batch.crop_slices, dtype=np.int64)
-        rep = np.zeros(slice_index.size, dtype=np.int64)
         weights, means, covs, c2c, hist = (a[rep] for a in (weights, means, covs, c2c, hist))
         n_iter, converged, finished = n_iter[rep], converged[rep], finished[rep]
 

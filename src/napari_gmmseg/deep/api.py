@@ -247,7 +247,7 @@ def _apply_model(
     from napari_gmmseg.deep.losses import mixture_loss
     from napari_gmmseg.deep.optimize import DeepState, gather_logits, pad_crops
     from napari_gmmseg.deep.weights import load_model
-    from napari_gmmseg.fit import Progress
+    from napari_gmmseg.fit import Progress, RowUpdate
 
     t0 = time.perf_counter()
     model = load_model(path)
@@ -287,19 +287,23 @@ def _apply_model(
         for start in range(0, n, chunk):
             sl = slice(start, start + chunk)
             logits = gather_logits(net(crops[sl]).float(), flat[sl])
-            parts.append(
-                mixture_loss(
-                    logits,
-                    x[sl],
-                    valid[sl],
-                    method=model.method,
-                    mu_data=mu,
-                    lam=model.lam,
-                    reg_covar=reg_covar,
-                )
+            part = mixture_loss(
+                logits,
+                x[sl],
+                valid[sl],
+                method=model.method,
+                mu_data=mu,
+                lam=model.lam,
+                reg_covar=reg_covar,
             )
+            parts.append(part)
             if progress is not None:
-                progress(Progress(min(start + chunk, n), n, 1))
+                end = min(start + chunk, n)
+                rows = np.arange(start, end)
+                # Inference is final per chunk: hand its rows over for live labels.
+                update = RowUpdate(rows, part.resp.cpu(), part.means[..., np.argsort(order)].cpu())
+                zs = np.asarray(batch.slice_index)[:end]
+                progress(Progress(end, n, 1, finished=zs, new_rows=update))
     cat = lambda name: torch.cat([getattr(p, name) for p in parts])  # noqa: E731
     # Means back in the batch's channel order.
     inv = np.argsort(order)

@@ -411,7 +411,7 @@ def _optimize_slices(
 
     from napari_gmmseg.deep.losses import mixture_loss, spatially_variant
     from napari_gmmseg.deep.networks import StackedNetworks, resolve_config
-    from napari_gmmseg.fit import Progress
+    from napari_gmmseg.fit import Progress, RowUpdate
 
     t_start = time.perf_counter()
     spatially_variant(method)
@@ -474,6 +474,17 @@ def _optimize_slices(
         out_cov[rows] = torch.where(mc, terms.covariances.detach(), out_cov[rows])
         n_iter[rows] = torch.where(mask, t, n_iter[rows])
 
+    reported = np.zeros(n_slices, dtype=bool)  # rows whose final state went to ``progress``
+
+    def new_rows(fin_np: np.ndarray) -> RowUpdate | None:
+        """Final softmax and means of the rows finished since the last report (frozen)."""
+        fresh = np.nonzero(fin_np & ~reported)[0]
+        if fresh.size == 0:
+            return None
+        reported[fresh] = True
+        idx = torch.as_tensor(fresh, device=device)
+        return RowUpdate(fresh, out_resp[idx].cpu(), out_mu[idx].cpu())
+
     for epoch in range(1, int(max_epochs) + 1):
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bool(amp)):
             logits = forward(params, w_crops)
@@ -506,13 +517,15 @@ def _optimize_slices(
         if epoch % sync_every == 0:
             n_active = int(active.sum())
             if progress is not None:
+                fin_np = finished.cpu().numpy()
                 progress(
                     Progress(
-                        slices_done=int(finished.sum()),
+                        slices_done=int(fin_np.sum()),
                         slices_total=n_slices,
                         iteration=epoch,
                         nll=float(value[active].mean()) if n_active else float("nan"),
-                        finished=zs[finished.cpu().numpy()],
+                        finished=zs[fin_np],
+                        new_rows=new_rows(fin_np),
                     )
                 )
             if n_active == 0:
@@ -536,6 +549,14 @@ def _optimize_slices(
             store(left, epoch)
     if progress is not None:
         done_mask = finished.cpu().numpy()
-        progress(Progress(int(done_mask.sum()), n_slices, epoch, finished=zs[done_mask]))
+        progress(
+            Progress(
+                int(done_mask.sum()),
+                n_slices,
+                epoch,
+                finished=zs[done_mask],
+                new_rows=new_rows(done_mask),
+            )
+        )
     seconds = time.perf_counter() - t_start
     return DeepState(out_resp, out_w, out_mu, out_cov, hist, n_iter, converged, finished, seconds)
