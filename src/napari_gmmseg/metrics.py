@@ -250,6 +250,25 @@ def _assign(cm: np.ndarray, many_to_one: bool) -> np.ndarray:
     return assign
 
 
+def _matching_inputs(
+    pred: np.ndarray,
+    classes: Sequence[int],
+    components: Sequence[int] | None,
+    roi: np.ndarray | None,
+    background: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``pred`` masked to ``roi``, the components to match (int64) and the classes (int64)."""
+    pred = np.asarray(pred)
+    if roi is not None:
+        pred = np.where(np.asarray(roi, dtype=bool), pred, background)
+    if components is None:
+        components = np.unique(pred)
+        components = components[components != background]
+    components = np.asarray(components, dtype=np.int64)
+    classes_arr = np.asarray(classes, dtype=np.int64)
+    return pred, components, classes_arr
+
+
 def match_components(
     pred: np.ndarray,
     gt: np.ndarray,
@@ -288,14 +307,7 @@ def match_components(
     Matching
         The mapping maximising the total Dice, the Dice matrix, and ``apply``.
     """
-    pred = np.asarray(pred)
-    if roi is not None:
-        pred = np.where(np.asarray(roi, dtype=bool), pred, background)
-    if components is None:
-        components = np.unique(pred)
-        components = components[components != background]
-    components = np.asarray(components, dtype=np.int64)
-    classes_arr = np.asarray(classes, dtype=np.int64)
+    pred, components, classes_arr = _matching_inputs(pred, classes, components, roi, background)
     cm = confusion_matrix(pred, gt, components, classes_arr)
     assign = _assign(cm, many_to_one)
     inter = cm[:-1, :-1]
@@ -326,14 +338,7 @@ def match_slices(
     assignment : numpy.ndarray
         ``(Z, P)`` class value of each component in each slice (``background`` if unmatched).
     """
-    pred = np.asarray(pred)
-    if roi is not None:
-        pred = np.where(np.asarray(roi, dtype=bool), pred, background)
-    if components is None:
-        components = np.unique(pred)
-        components = components[components != background]
-    components = np.asarray(components, dtype=np.int64)
-    classes_arr = np.asarray(classes, dtype=np.int64)
+    pred, components, classes_arr = _matching_inputs(pred, classes, components, roi, background)
     cm = confusion_matrix(pred, gt, components, classes_arr, per_slice=True)
     n_z = pred.shape[0]
     assign = np.stack([_assign(cm[z], many_to_one) for z in range(n_z)]) if n_z else None

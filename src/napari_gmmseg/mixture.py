@@ -843,6 +843,21 @@ def _fit_impl(
     w_w, mu_w, cov_w = weights, means, covs
     n_iter_w, conv_w = n_iter, converged
     reported = np.zeros(s_full, dtype=bool)  # rows whose final state went to ``progress``
+
+    def write_back() -> None:
+        """Write the working set (rows ``rows``) back into the full-batch tensors."""
+        for dst, src in (
+            (weights, w_w),
+            (means, mu_w),
+            (covs, cov_w),
+            (n_iter, n_iter_w),
+            (converged, conv_w),
+            (active_full, active_w),
+            (log_pi_full, log_pi_w),
+            (resp_full, resp_w),
+        ):
+            _put(dst, rows, src)
+
     for it in range(max_iter):
         if should_stop is not None and should_stop():
             stopped = True
@@ -931,17 +946,7 @@ def _fit_impl(
                 break
             if n_active <= 0.5 * rows.numel():
                 # Write the working set back and keep only the rows still running.
-                for dst, src in (
-                    (weights, w_w),
-                    (means, mu_w),
-                    (covs, cov_w),
-                    (n_iter, n_iter_w),
-                    (converged, conv_w),
-                    (active_full, active_w),
-                    (log_pi_full, log_pi_w),
-                    (resp_full, resp_w),
-                ):
-                    _put(dst, rows, src)
+                write_back()
                 keep_rows = active_w.nonzero().squeeze(1)
                 rows = rows[keep_rows]
                 work = select(rows)
@@ -951,18 +956,7 @@ def _fit_impl(
                 log_pi_w = log_pi_w[keep_rows] if log_pi_w is not None else None
                 resp_w = resp_w[keep_rows] if resp_w is not None else None
 
-    # Write back the working set.
-    for dst, src in (
-        (weights, w_w),
-        (means, mu_w),
-        (covs, cov_w),
-        (n_iter, n_iter_w),
-        (converged, conv_w),
-        (active_full, active_w),
-        (log_pi_full, log_pi_w),
-        (resp_full, resp_w),
-    ):
-        _put(dst, rows, src)
+    write_back()
     finished = ~active_full if stopped else torch.ones(s_full, dtype=torch.bool, device=dev)
 
     # Final soft maps with the final parameters.

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QComboBox, QListWidget, QListWidgetItem
+from qtpy.QtWidgets import QComboBox, QListWidget, QListWidgetItem, QVBoxLayout, QWidget
 
 from napari_gmmseg.errors import GmmSegError
 from napari_gmmseg.labels import ALL_TISSUES, CLASSES, NAME_BY_VALUE
@@ -61,6 +61,13 @@ def report_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 # ---------------------------------------------------------------- label styling
+
+
+def dock_layout(widget: QWidget) -> QVBoxLayout:
+    """The vertical layout of a dock widget, with the plugin's 4 px margins."""
+    layout = QVBoxLayout(widget)
+    layout.setContentsMargins(4, 4, 4, 4)
+    return layout
 
 
 def tissue_colormap():

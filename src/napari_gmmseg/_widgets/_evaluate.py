@@ -16,13 +16,13 @@ from qtpy.QtWidgets import (
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
-    QVBoxLayout,
     QWidget,
 )
 
 from napari_gmmseg._widgets._common import (
     META_KEY,
     LayerCombo,
+    dock_layout,
     fit_table_height,
     layer_spacing,
     report_errors,
@@ -67,8 +67,7 @@ class EvaluateWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.rows: list[dict] = []
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(4, 4, 4, 4)
+        layout = dock_layout(self)
         form = QFormLayout()
         self.seg_layer = LayerCombo(
             napari_viewer, (napari.layers.Labels,), accept=lambda lay: META_KEY in lay.metadata

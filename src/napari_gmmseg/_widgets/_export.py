@@ -14,13 +14,13 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QMessageBox,
     QPushButton,
-    QVBoxLayout,
     QWidget,
 )
 
 from napari_gmmseg._widgets._common import (
     META_KEY,
     LayerCombo,
+    dock_layout,
     report_errors,
     show_info,
     source_geometry,
@@ -57,8 +57,7 @@ class ExportWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.last_path: Path | None = None
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(4, 4, 4, 4)
+        layout = dock_layout(self)
         form = QFormLayout()
         self.layer_combo = LayerCombo(napari_viewer, (napari.layers.Labels,))
         form.addRow("Labels", self.layer_combo)

@@ -11,9 +11,9 @@ import contextlib
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QWidget
 
-from napari_gmmseg._widgets._common import FIT_KEY, INPUTS_KEY, META_KEY, LayerCombo
+from napari_gmmseg._widgets._common import FIT_KEY, INPUTS_KEY, META_KEY, LayerCombo, dock_layout
 from napari_gmmseg.labels import CLASSES
 
 if TYPE_CHECKING:
@@ -81,8 +81,7 @@ class InspectWidget(QWidget):
         self._batch_cache: dict[Any, Any] = {}
         self._watched = None
 
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(4, 4, 4, 4)
+        layout = dock_layout(self)
         row = QHBoxLayout()
         row.addWidget(QLabel("Segmentation"))
         self.layer_combo = LayerCombo(

@@ -12,11 +12,10 @@ from qtpy.QtWidgets import (
     QLineEdit,
     QPushButton,
     QTabWidget,
-    QVBoxLayout,
     QWidget,
 )
 
-from napari_gmmseg._widgets._common import report_errors, show_info
+from napari_gmmseg._widgets._common import dock_layout, report_errors, show_info
 from napari_gmmseg.errors import CaseLoadError
 
 if TYPE_CHECKING:
@@ -72,8 +71,7 @@ class LoadCaseWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.last_layers: list = []
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(4, 4, 4, 4)
+        layout = dock_layout(self)
         self.tabs = QTabWidget()
 
         page = QWidget()

@@ -34,7 +34,6 @@ from qtpy.QtWidgets import (
     QSpinBox,
     QTableWidget,
     QTableWidgetItem,
-    QVBoxLayout,
     QWidget,
 )
 
@@ -45,6 +44,7 @@ from napari_gmmseg._widgets._common import (
     META_KEY,
     CheckList,
     LayerCombo,
+    dock_layout,
     fit_table_height,
     layer_spacing,
     report_errors,
@@ -245,8 +245,7 @@ class SegmentWidget(QWidget):
         self._request: SegmentRequest | None = None
         self._roi_shown = None
 
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(4, 4, 4, 4)
+        layout = dock_layout(self)
 
         # ------------------------------------------------------------ input
         box = QGroupBox("Input")
