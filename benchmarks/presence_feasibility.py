@@ -234,7 +234,13 @@ def compute_tables(args) -> dict[str, dict[str, list[dict]]]:
                         for row in slice_evidence(
                             case,
                             segment_case(
-                                case, roi="gt", method=method, seed=seed, presence=None, **opts
+                                case,
+                                roi="gt",
+                                method=method,
+                                seed=seed,
+                                presence=None,
+                                **opts,
+                                **({} if args.n_init == 1 else {"n_init": args.n_init}),
                             ),
                         )
                     ]
@@ -370,6 +376,7 @@ def main(argv=None) -> int:
     p.add_argument("--methods", default="gmm,svgmm")
     p.add_argument("--spatial", default="none,mrf")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (e.g. 0,1,2)")
+    p.add_argument("--n-init", type=int, default=1, help="EM restarts (gmm, svgmm)")
     p.add_argument("--detail", action="store_true", help="also one table per rule family")
     p.add_argument("--save-tables", type=Path, help="write the per-slice evidence (JSON)")
     p.add_argument("--load-tables", type=Path, nargs="*", help="re-analyse saved evidence")

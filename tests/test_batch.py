@@ -245,3 +245,15 @@ def test_presence_rule_is_applied_recorded_and_guards_resume(first_run, sample_d
     side = json.loads(next((out / "gmm").glob("*.json")).read_text())
     assert side["requested"]["presence"]["rule"] == "pv-contrast"
     assert "presence" in side["params"]
+
+
+def test_em_and_deep_only_options_reach_only_their_methods():
+    from napari_gmmseg.batch import _method_kwargs
+    from napari_gmmseg.cli import build_parser
+    from napari_gmmseg.cli.evaluate import method_options
+
+    options = {"seed": 1, "n_init": 3, "max_epochs": 2}
+    assert _method_kwargs("gmm", options) == {"seed": 1, "n_init": 3}
+    assert _method_kwargs("deepsvg", options) == {"seed": 1, "max_epochs": 2}
+    args = build_parser().parse_args(["evaluate", "data", "--out", "o", "--n-init", "5"])
+    assert method_options(args)["n_init"] == 5

@@ -272,3 +272,63 @@ def test_spatial_options_reduce_speckle():
     sv = batch.scatter(fit_svgmm(batch).labels, fill=-1)
     smooth = batch.scatter(fit_svgmm(batch, spatial="smooth", beta=0.8).labels, fill=-1)
     assert _speckle(smooth, roi) < 0.7 * _speckle(sv, roi)  # measured 0.34 -> 0.12
+
+
+@pytest.mark.parametrize(
+    ("fit", "extra"), [(fit_gmm, {}), (fit_svgmm, {}), (fit_gmm, {"spatial": "mrf"})]
+)
+def test_restarts_keep_the_lowest_nll_per_slice_and_restart_zero_is_the_single_fit(fit, extra):
+    img, roi = _blobs(8, z=4)
+    batch = SliceBatch.from_volume(img, roi, device="cpu")
+    kw = dict(n_components=3, init="random", seed=3, max_iter=40, dtype=torch.float64, **extra)
+    single = fit(batch, **kw)
+    multi = fit(batch, n_init=4, **kw)
+    per_restart = torch.tensor(multi.info["restart_final_nll"], dtype=torch.float64)  # (R, S)
+    assert per_restart.shape == (4, 4)
+    # Restart 0 is the single fit with the same seed, so restarts never fit worse.
+    torch.testing.assert_close(per_restart[0], single.final_nll, rtol=0, atol=0)
+    torch.testing.assert_close(multi.final_nll, per_restart.min(0).values, rtol=0, atol=0)
+    assert torch.all(multi.final_nll <= single.final_nll)
+    assert multi.info["best_restart"] == per_restart.argmin(0).tolist()
+    assert multi.info["restart_seeds"][0] == 3 and len(set(multi.info["restart_seeds"])) == 4
+    # The kept rows are complete fits: valid soft maps, shapes of the single fit.
+    assert multi.responsibilities.shape == single.responsibilities.shape
+    assert multi.means.shape == single.means.shape and multi.nll_history.shape[0] == 4
+    torch.testing.assert_close(
+        multi.responsibilities.sum(-1)[batch.valid],
+        torch.ones(int(batch.valid.sum()), dtype=multi.responsibilities.dtype),
+    )
+    # Slices whose restart 0 was not the best got a different, better solution.
+    changed = torch.tensor(multi.info["best_restart"]) != 0
+    assert changed.any(), "no restart improved any slice: the test data no longer exercise restarts"
+    assert torch.all(multi.final_nll[changed] < single.final_nll[changed])
+    again = fit(batch, n_init=4, **kw)
+    assert torch.equal(again.labels, multi.labels)
+
+
+def test_restarts_progress_counts_a_slice_when_all_its_restarts_finished():
+    img, roi = _blobs(5, z=4)
+    batch = SliceBatch.from_volume(img, roi, device="cpu")
+    reports = []
+    res = fit_gmm(batch, n_components=3, n_init=3, tol=1e-3, max_iter=80, progress=reports.append)
+    assert reports and all(p.slices_total == 4 for p in reports)
+    assert reports[-1].slices_done == 4 and sorted(reports[-1].finished.tolist()) == [0, 1, 2, 3]
+    assert all(p.new_rows is None for p in reports)
+    assert res.finished.all()
+    stopped = fit_gmm(
+        batch, n_components=3, n_init=3, tol=0, max_iter=50, check_every=5,
+        should_stop=lambda: True,
+    )  # fmt: skip
+    assert not stopped.finished.any()
+
+
+def test_restarts_refuse_deterministic_inits_and_bad_counts():
+    img, roi = _blobs(2)
+    batch = SliceBatch.from_volume(img, roi, device="cpu")
+    for init in ("linspace", "prior"):
+        with pytest.raises(ModelError, match="random initialisation"):
+            fit_gmm(batch, n_components=3, init=init, n_init=2, prior_means=np.zeros((3, 3)))
+    with pytest.raises(ModelError, match="n_init"):
+        fit_gmm(batch, n_components=3, n_init=0)
+    with pytest.raises(RoiError):
+        fit_gmm(batch, n_components=5000, n_init=2)

@@ -74,6 +74,25 @@ def test_spatial_option_passes_through(case):
     assert fit.params["engine"]["spatial"] == "mrf"
 
 
+def _final_nll(fit) -> np.ndarray:
+    return fit.nll_history[np.arange(len(fit.n_iter_)), fit.n_iter_ - 1]
+
+
+@pytest.mark.parametrize("method", ["gmm", "svgmm"])
+def test_restarts_pass_through_and_never_fit_worse(case, method):
+    single = segment_case(case, method=method, seed=2)
+    multi = segment_case(case, method=method, seed=2, n_init=4)
+    engine = multi.params["engine"]
+    assert engine["n_init"] == 4 and engine["seed"] == 2 and engine["init"] == "kmeans++"
+    assert len(engine["best_restart"]) == len(multi.slice_index)
+    assert np.all(_final_nll(multi) <= _final_nll(single))
+    roi = case.roi()
+    assert set(np.unique(multi.labels[roi])) <= set(CLASS_VALUES) and not multi.labels[~roi].any()
+    np.testing.assert_array_equal(
+        segment_case(case, method=method, seed=2, n_init=4).labels, multi.labels
+    )
+
+
 def test_clear_errors(case):
     img, roi = case.images, case.roi()
     bad = img.copy()
@@ -163,6 +182,11 @@ def test_cli_writes_labels_on_the_bssfp_grid(case, tmp_path):
     np.testing.assert_array_equal(io.read_labels(out), labels)  # same ROI, same seed
     with pytest.raises(OutputExistsError):
         io.save_labels(labels, case.geometry, out)
+    restarts = [a if a != str(out) else str(tmp_path / "r.nii.gz") for a in args]
+    assert main([*restarts, "--n-init", "3"]) == 0
+    assert io.read_labels(tmp_path / "r.nii.gz").shape == case.shape
+    deep = [*restarts, "--method", "deepsvg", "--n-init", "3", "--force"]
+    assert main(deep) == 1  # refused before any work: restarts are an EM option
 
 
 @pytest.mark.parametrize(

@@ -204,15 +204,20 @@ def _resolve_roi(roi: str | os.PathLike | None, case) -> np.ndarray | None:
 
 
 def _method_kwargs(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    """Options for one method: ``deep_*``-only options go to deep methods only."""
+    """Options for one method: deep-only options go to deep methods, EM-only ones to EM."""
+    deep = method.startswith("deep")
     out = {}
     for key, value in options.items():
         if value is None:
             continue
-        if key in _DEEP_ONLY and not method.startswith("deep"):
+        if (key in _DEEP_ONLY and not deep) or (key in _EM_ONLY and deep):
             continue
         out[key] = value
     return out
+
+
+#: Options that only the EM methods (gmm, svgmm) accept.
+_EM_ONLY = frozenset({"n_init"})
 
 
 #: Options that only deep methods accept.

@@ -35,6 +35,9 @@ tutorial's), ``"prior"`` (means from a ``(K, M)`` table such as mu_data, shared
 within-class covariance from the nearest-mean assignment), or explicit
 ``init_params``.
 
+Restarts (``n_init``, default 1): the rows are repeated once per seeded
+initialisation and fitted as one batch; every slice keeps its lowest-NLL restart.
+
 Spatial coherence (off by default): ``spatial="mrf"`` adds a Potts prior solved by
 mean-field, ``beta * (sum of the 8 neighbours' responsibilities)`` in the log prior
 of the E-step, and ``spatial="smooth"`` (SVGMM) replaces Pi after every M-step by
@@ -44,6 +47,7 @@ NLL is still reported but is no longer guaranteed to decrease.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -64,6 +68,7 @@ __all__ = [
     "fit_gmm",
     "fit_svgmm",
     "initial_parameters",
+    "restart_seeds",
 ]
 
 #: Initialisation methods.
@@ -148,6 +153,26 @@ def _row_stats(x: torch.Tensor, valid_f: torch.Tensor) -> tuple[torch.Tensor, to
     sq = torch.bmm(valid_f.unsqueeze(1), x * x).squeeze(1).to(torch.float64)
     var = sq / n - mean**2
     return mean, var.clamp_min(0.0)
+
+
+def _covariance_floor(
+    x: torch.Tensor, valid_f: torch.Tensor, reg_covar: float, relative: bool
+) -> torch.Tensor:
+    """``(S, 1, M)`` float64 covariance floor: ``reg_covar`` times each row's data variance."""
+    _, data_var = _row_stats(x, valid_f)
+    if relative:
+        floor = torch.where(data_var > 0, data_var, torch.ones_like(data_var)) * reg_covar
+    else:
+        floor = torch.full_like(data_var, float(reg_covar))
+    return floor.unsqueeze(1)
+
+
+def _check_roi_size(batch: Any, k: int) -> None:
+    """Refuse rows with fewer ROI pixels than components (nothing to fit)."""
+    n_pix = batch.valid.sum(1)
+    if bool((n_pix < k).any()):
+        bad = [int(z) for z in np.asarray(batch.slice_index)[(n_pix < k).cpu().numpy()]]
+        raise RoiError(f"slices {bad} have fewer ROI pixels than the {k} classes")
 
 
 #: How the covariance floor is applied: ``"clip"`` (variances, or the eigenvalues of the
@@ -488,6 +513,11 @@ def fit_svgmm(batch: Any, **kwargs: Any) -> MixtureResult:
         never increases) or add the floor to them (scikit-learn's ``reg_covar``).
     seed : int, default 0
         Seed of the initialisation.
+    n_init : int, default 1
+        Seeded restarts, fitted together as one batch; each slice keeps the restart
+        with the lowest final NLL (restart 0 uses ``seed`` itself, see
+        :func:`restart_seeds`). Needs a random ``init``; ``info["best_restart"]``
+        and ``info["restart_final_nll"]`` record the choice.
     prior_means : array-like, optional
         ``(K, M)`` class means for ``init="prior"``.
     init_params : tuple of (weights, means, covariances), optional
@@ -556,15 +586,132 @@ class _CpuSettings:
 SINGLE_THREAD_BELOW = 1 << 22
 
 
-def _fit(batch: Any, *, num_threads: int | None = None, **kwargs: Any) -> MixtureResult:
+def _fit(
+    batch: Any, *, num_threads: int | None = None, n_init: int = 1, **kwargs: Any
+) -> MixtureResult:
+    n_init = int(n_init)
+    if n_init < 1:
+        raise ModelError(f"n_init must be >= 1, got {n_init}")
     if num_threads is None and batch.x.device.type == "cpu":
         s, n, _ = batch.x.shape
-        if s * n * int(kwargs.get("n_components", 4)) < SINGLE_THREAD_BELOW:
+        if n_init * s * n * int(kwargs.get("n_components", 4)) < SINGLE_THREAD_BELOW:
             num_threads = 1
     if batch.x.device.type != "cpu":
         num_threads = None
     with _CpuSettings(num_threads, batch.x.device.type == "cpu"):
-        return _fit_impl(batch, **kwargs)
+        if n_init == 1:
+            return _fit_impl(batch, **kwargs)
+        return _fit_restarts(batch, n_init, **kwargs)
+
+
+def restart_seeds(seed: int, n_init: int) -> list[int]:
+    """Seeds of the ``n_init`` restarts: ``seed`` itself first, then derived ones.
+
+    Restart 0 is therefore exactly the single fit with ``seed``, so restarts can only
+    lower each slice's final NLL.
+    """
+    derived = np.random.SeedSequence(int(seed)).spawn(max(n_init - 1, 0))
+    return [int(seed)] + [int(d.generate_state(1, dtype=np.uint32)[0]) for d in derived]
+
+
+def _fit_restarts(batch: Any, n_init: int, **kwargs: Any) -> MixtureResult:
+    """``n_init`` seeded restarts fitted together as one batch; per slice the lowest NLL wins.
+
+    The batch rows are repeated ``n_init`` times (restart-major), each copy starts from
+    its own seeded initialisation, and the EM runs once over all of them, so restarts
+    cost no Python loop. Progress counts a slice as finished when all its restarts are.
+    """
+    init = kwargs.pop("init", "kmeans++")
+    if kwargs.get("init_params") is not None or init in ("linspace", "prior"):
+        raise ModelError(
+            f"n_init > 1 needs a random initialisation (kmeans++, random, random_from_data), "
+            f"not {'init_params' if kwargs.get('init_params') is not None else init!r}"
+        )
+    k = int(kwargs.get("n_components", 4))
+    if k < 1:
+        raise ModelError(f"n_components must be >= 1, got {k}")
+    _check_roi_size(batch, k)
+    seed = int(kwargs.pop("seed", 0))
+    dtype = kwargs.get("dtype", torch.float32)
+    x = batch.x.to(dtype)
+    reg = _covariance_floor(
+        x,
+        batch.valid.to(dtype),
+        kwargs.get("reg_covar", 1e-4),
+        kwargs.get("reg_covar_relative", True),
+    )
+    seeds = restart_seeds(seed, n_init)
+    inits = [
+        initial_parameters(
+            x,
+            batch.valid,
+            k,
+            init=init,
+            covariance_type=kwargs.get("covariance_type", "diag"),
+            reg=reg,
+            seed=r_seed,
+            reg_mode=kwargs.get("reg_mode", "clip"),
+        )
+        for r_seed in seeds  # n_init seeded draws, each batched over the slices
+    ]
+    init_params = tuple(torch.cat(parts) for parts in zip(*inits, strict=True))
+    s = batch.x.shape[0]
+    repeated = dataclasses.replace(
+        batch,
+        x=batch.x.repeat(n_init, 1, 1),
+        valid=batch.valid.repeat(n_init, 1),
+        flat_index=batch.flat_index.repeat(n_init, 1),
+        slice_index=np.tile(np.asarray(batch.slice_index), n_init),
+        volume_index=np.tile(np.asarray(batch.volume_index), (n_init, 1)),
+        loc=np.tile(np.asarray(batch.loc), (n_init, 1)),
+        scale=np.tile(np.asarray(batch.scale), (n_init, 1)),
+    )
+    progress = kwargs.pop("progress", None)
+    relay = None
+    if progress is not None:
+        order = np.asarray(batch.slice_index)
+
+        def relay(p: Progress) -> None:
+            z, count = np.unique(np.asarray(p.finished), return_counts=True)
+            done = z[count >= n_init]
+            progress(
+                Progress(
+                    slices_done=int(np.isin(order, done).sum()),
+                    slices_total=s,
+                    iteration=p.iteration,
+                    nll=p.nll,
+                    finished=order[np.isin(order, done)],
+                )
+            )
+
+    res = _fit_impl(repeated, init_params=init_params, progress=relay, **kwargs)
+    final = res.final_nll.view(n_init, s)
+    usable = res.finished.view(n_init, s) & torch.isfinite(final)
+    score = torch.where(usable, final, torch.full_like(final, float("inf")))
+    best = score.argmin(0)  # (S,) restart 0 where none finished
+    pick = best * s + torch.arange(s, device=best.device)
+    n_iter = res.n_iter[pick]
+    info = {
+        **res.info,
+        "init": init,
+        "seed": seed,
+        "n_init": n_init,
+        "restart_seeds": seeds,
+        "best_restart": best.cpu().tolist(),
+        "restart_final_nll": final.cpu().tolist(),
+    }
+    return dataclasses.replace(
+        res,
+        responsibilities=res.responsibilities[pick],
+        weights=res.weights[pick],
+        means=res.means[pick],
+        covariances=res.covariances[pick],
+        nll_history=res.nll_history[pick, : max(int(n_iter.max()), 1)],
+        n_iter=n_iter,
+        converged=res.converged[pick],
+        finished=res.finished[pick],
+        info=info,
+    )
 
 
 def _fit_impl(
@@ -615,19 +762,11 @@ def _fit_impl(
     valid_full = batch.valid
     dev = x_full.device
     s_full, n_max, m = x_full.shape
-    n_pix = valid_full.sum(1)
-    if bool((n_pix < k).any()):
-        bad = [int(z) for z in np.asarray(batch.slice_index)[(n_pix < k).cpu().numpy()]]
-        raise RoiError(f"slices {bad} have fewer ROI pixels than the {k} classes")
-    n_full = n_pix.to(torch.float64)
+    _check_roi_size(batch, k)
+    n_full = valid_full.sum(1).to(torch.float64)
     valid_f_full = valid_full.to(dtype)
 
-    _, data_var = _row_stats(x_full, valid_f_full)
-    if reg_covar_relative:
-        floor = torch.where(data_var > 0, data_var, torch.ones_like(data_var)) * reg_covar
-    else:
-        floor = torch.full_like(data_var, float(reg_covar))
-    reg_full = floor.unsqueeze(1)  # (S, 1, M) float64
+    reg_full = _covariance_floor(x_full, valid_f_full, reg_covar, reg_covar_relative)
 
     if init_params is not None:
         w0, mu0, cov0 = (

@@ -45,6 +45,7 @@ EM_OPTIONS: tuple[str, ...] = (
     "chunk_pixels",
     "num_threads",
     "init_params",
+    "n_init",
 )
 
 

@@ -17,6 +17,12 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1 ...")
     g.add_argument("--max-iter", type=int, default=None, help="EM iteration limit (gmm, svgmm)")
     g.add_argument("--tol", type=float, default=None, help="NLL gain per iteration to stop at")
+    g.add_argument(
+        "--n-init",
+        type=int,
+        default=None,
+        help="EM restarts per slice, the lowest NLL kept (gmm, svgmm; default 1)",
+    )
     g.add_argument("--n-classes", type=int, default=None, help="mixture components K (default 4)")
     g.add_argument("--covariance-type", choices=("diag", "full"), default=None)
     g.add_argument("--max-epochs", type=int, default=None, help="epochs of the deep methods")
@@ -51,6 +57,7 @@ def method_options(args: argparse.Namespace) -> dict:
         "device",
         "max_iter",
         "tol",
+        "n_init",
         "n_classes",
         "covariance_type",
         "max_epochs",

@@ -49,6 +49,12 @@ def register(subparsers) -> None:
     )
     m.add_argument("--max-iter", type=int, default=100, help="EM iteration limit")
     m.add_argument("--seed", type=int, default=0, help="seed of every random step")
+    m.add_argument(
+        "--n-init",
+        type=int,
+        default=1,
+        help="EM restarts per slice, fitted together; the lowest NLL is kept (gmm, svgmm)",
+    )
     m.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
     m.add_argument("--covariance", choices=("diag", "full"), default="diag")
     m.add_argument(
@@ -81,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from napari_gmmseg import io
-    from napari_gmmseg.errors import CaseLoadError, OutputExistsError, RoiError
+    from napari_gmmseg.errors import CaseLoadError, ModelError, OutputExistsError, RoiError
     from napari_gmmseg.segment import segment
 
     t0 = time.perf_counter()
@@ -90,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
 
     if Path(out).exists() and not args.force:
         raise OutputExistsError(f"{out} exists (use --force to overwrite)")
+    if args.n_init != 1 and args.method not in ("gmm", "svgmm"):
+        raise ModelError(f"--n-init applies to gmm and svgmm, not {args.method}")
     sequences = {
         name: path
         for name, path in (("bSSFP", args.bssfp), ("LGE", args.lge), ("T2", args.t2))
@@ -118,6 +126,8 @@ def run(args: argparse.Namespace) -> int:
             raise RoiError(f"{args.roi}: no voxel with the ROI labels {values}")
 
     options = {}
+    if args.n_init != 1:
+        options["n_init"] = args.n_init
     if args.spatial != "none":
         options.update(spatial=args.spatial, beta=args.beta)
     if args.weights:
