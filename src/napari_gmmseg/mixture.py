@@ -155,26 +155,6 @@ def _row_stats(x: torch.Tensor, valid_f: torch.Tensor) -> tuple[torch.Tensor, to
     return mean, var.clamp_min(0.0)
 
 
-def _covariance_floor(
-    x: torch.Tensor, valid_f: torch.Tensor, reg_covar: float, relative: bool
-) -> torch.Tensor:
-    """``(S, 1, M)`` float64 covariance floor: ``reg_covar`` times each row's data variance."""
-    _, data_var = _row_stats(x, valid_f)
-    if relative:
-        floor = torch.where(data_var > 0, data_var, torch.ones_like(data_var)) * reg_covar
-    else:
-        floor = torch.full_like(data_var, float(reg_covar))
-    return floor.unsqueeze(1)
-
-
-def _check_roi_size(batch: Any, k: int) -> None:
-    """Refuse rows with fewer ROI pixels than components (nothing to fit)."""
-    n_pix = batch.valid.sum(1)
-    if bool((n_pix < k).any()):
-        bad = [int(z) for z in np.asarray(batch.slice_index)[(n_pix < k).cpu().numpy()]]
-        raise RoiError(f"slices {bad} have fewer ROI pixels than the {k} classes")
-
-
 #: How the covariance floor is applied: ``"clip"`` (variances, or the eigenvalues of the
 #: floor-whitened covariance, raised to the floor: the constrained maximum-likelihood
 #: M-step, so the NLL never increases) or ``"add"`` (floor added, scikit-learn's reg_covar).
@@ -586,132 +566,16 @@ class _CpuSettings:
 SINGLE_THREAD_BELOW = 1 << 22
 
 
-def _fit(
-    batch: Any, *, num_threads: int | None = None, n_init: int = 1, **kwargs: Any
-) -> MixtureResult:
-    n_init = int(n_init)
-    if n_init < 1:
-        raise ModelError(f"n_init must be >= 1, got {n_init}")
+def _fit(batch: Any, *, num_threads: int | None = None, **kwargs: Any) -> MixtureResult:
     if num_threads is None and batch.x.device.type == "cpu":
         s, n, _ = batch.x.shape
-        if n_init * s * n * int(kwargs.get("n_components", 4)) < SINGLE_THREAD_BELOW:
+        size = s * n * int(kwargs.get("n_components", 4)) * int(kwargs.get("n_init", 1))
+        if size < SINGLE_THREAD_BELOW:
             num_threads = 1
     if batch.x.device.type != "cpu":
         num_threads = None
     with _CpuSettings(num_threads, batch.x.device.type == "cpu"):
-        if n_init == 1:
-            return _fit_impl(batch, **kwargs)
-        return _fit_restarts(batch, n_init, **kwargs)
-
-
-def restart_seeds(seed: int, n_init: int) -> list[int]:
-    """Seeds of the ``n_init`` restarts: ``seed`` itself first, then derived ones.
-
-    Restart 0 is therefore exactly the single fit with ``seed``, so restarts can only
-    lower each slice's final NLL.
-    """
-    derived = np.random.SeedSequence(int(seed)).spawn(max(n_init - 1, 0))
-    return [int(seed)] + [int(d.generate_state(1, dtype=np.uint32)[0]) for d in derived]
-
-
-def _fit_restarts(batch: Any, n_init: int, **kwargs: Any) -> MixtureResult:
-    """``n_init`` seeded restarts fitted together as one batch; per slice the lowest NLL wins.
-
-    The batch rows are repeated ``n_init`` times (restart-major), each copy starts from
-    its own seeded initialisation, and the EM runs once over all of them, so restarts
-    cost no Python loop. Progress counts a slice as finished when all its restarts are.
-    """
-    init = kwargs.pop("init", "kmeans++")
-    if kwargs.get("init_params") is not None or init in ("linspace", "prior"):
-        raise ModelError(
-            f"n_init > 1 needs a random initialisation (kmeans++, random, random_from_data), "
-            f"not {'init_params' if kwargs.get('init_params') is not None else init!r}"
-        )
-    k = int(kwargs.get("n_components", 4))
-    if k < 1:
-        raise ModelError(f"n_components must be >= 1, got {k}")
-    _check_roi_size(batch, k)
-    seed = int(kwargs.pop("seed", 0))
-    dtype = kwargs.get("dtype", torch.float32)
-    x = batch.x.to(dtype)
-    reg = _covariance_floor(
-        x,
-        batch.valid.to(dtype),
-        kwargs.get("reg_covar", 1e-4),
-        kwargs.get("reg_covar_relative", True),
-    )
-    seeds = restart_seeds(seed, n_init)
-    inits = [
-        initial_parameters(
-            x,
-            batch.valid,
-            k,
-            init=init,
-            covariance_type=kwargs.get("covariance_type", "diag"),
-            reg=reg,
-            seed=r_seed,
-            reg_mode=kwargs.get("reg_mode", "clip"),
-        )
-        for r_seed in seeds  # n_init seeded draws, each batched over the slices
-    ]
-    init_params = tuple(torch.cat(parts) for parts in zip(*inits, strict=True))
-    s = batch.x.shape[0]
-    repeated = dataclasses.replace(
-        batch,
-        x=batch.x.repeat(n_init, 1, 1),
-        valid=batch.valid.repeat(n_init, 1),
-        flat_index=batch.flat_index.repeat(n_init, 1),
-        slice_index=np.tile(np.asarray(batch.slice_index), n_init),
-        volume_index=np.tile(np.asarray(batch.volume_index), (n_init, 1)),
-        loc=np.tile(np.asarray(batch.loc), (n_init, 1)),
-        scale=np.tile(np.asarray(batch.scale), (n_init, 1)),
-    )
-    progress = kwargs.pop("progress", None)
-    relay = None
-    if progress is not None:
-        order = np.asarray(batch.slice_index)
-
-        def relay(p: Progress) -> None:
-            z, count = np.unique(np.asarray(p.finished), return_counts=True)
-            done = z[count >= n_init]
-            progress(
-                Progress(
-                    slices_done=int(np.isin(order, done).sum()),
-                    slices_total=s,
-                    iteration=p.iteration,
-                    nll=p.nll,
-                    finished=order[np.isin(order, done)],
-                )
-            )
-
-    res = _fit_impl(repeated, init_params=init_params, progress=relay, **kwargs)
-    final = res.final_nll.view(n_init, s)
-    usable = res.finished.view(n_init, s) & torch.isfinite(final)
-    score = torch.where(usable, final, torch.full_like(final, float("inf")))
-    best = score.argmin(0)  # (S,) restart 0 where none finished
-    pick = best * s + torch.arange(s, device=best.device)
-    n_iter = res.n_iter[pick]
-    info = {
-        **res.info,
-        "init": init,
-        "seed": seed,
-        "n_init": n_init,
-        "restart_seeds": seeds,
-        "best_restart": best.cpu().tolist(),
-        "restart_final_nll": final.cpu().tolist(),
-    }
-    return dataclasses.replace(
-        res,
-        responsibilities=res.responsibilities[pick],
-        weights=res.weights[pick],
-        means=res.means[pick],
-        covariances=res.covariances[pick],
-        nll_history=res.nll_history[pick, : max(int(n_iter.max()), 1)],
-        n_iter=n_iter,
-        converged=res.converged[pick],
-        finished=res.finished[pick],
-        info=info,
-    )
+        return _fit_impl(batch, **kwargs)
 
 
 def _fit_impl(
@@ -727,6 +591,7 @@ def _fit_impl(
     reg_covar_relative: bool = True,
     reg_mode: str = "clip",
     seed: int = 0,
+    n_init: int = 1,
     prior_means: Any = None,
     init_params: Any = None,
     dtype: torch.dtype = torch.float32,
@@ -756,17 +621,72 @@ def _fit_impl(
         raise ModelError(f"max_iter must be >= 1, got {max_iter}")
     if tol < 0:
         raise ModelError(f"tol must be >= 0, got {tol}")
+    n_init = int(n_init)
+    if n_init < 1:
+        raise ModelError(f"n_init must be >= 1, got {n_init}")
+    if n_init > 1 and (init_params is not None or init in ("linspace", "prior")):
+        raise ModelError(
+            "n_init > 1 needs a random initialisation (kmeans++, random, random_from_data), "
+            f"not {'init_params' if init_params is not None else repr(init)}"
+        )
     check_every = max(int(check_every), 1)
 
     x_full = batch.x.to(dtype)
     valid_full = batch.valid
     dev = x_full.device
     s_full, n_max, m = x_full.shape
-    _check_roi_size(batch, k)
-    n_full = valid_full.sum(1).to(torch.float64)
+    n_pix = valid_full.sum(1)
+    if bool((n_pix < k).any()):
+        bad = [int(z) for z in np.asarray(batch.slice_index)[(n_pix < k).cpu().numpy()]]
+        raise RoiError(f"slices {bad} have fewer ROI pixels than the {k} classes")
+    n_full = n_pix.to(torch.float64)
     valid_f_full = valid_full.to(dtype)
 
-    reg_full = _covariance_floor(x_full, valid_f_full, reg_covar, reg_covar_relative)
+    _, data_var = _row_stats(x_full, valid_f_full)
+    if reg_covar_relative:
+        floor = torch.where(data_var > 0, data_var, torch.ones_like(data_var)) * reg_covar
+    else:
+        floor = torch.full_like(data_var, float(reg_covar))
+    reg_full = floor.unsqueeze(1)  # (S, 1, M) float64
+
+    if n_init > 1:
+        # Restarts: one seeded initialisation per restart (each batched over the rows),
+        # then the same EM over the rows repeated restart-major, one best row per slice.
+        seeds = restart_seeds(seed, n_init)
+        inits = [
+            initial_parameters(
+                x_full,
+                valid_full,
+                k,
+                init=init,
+                covariance_type=covariance_type,
+                reg=reg_full,
+                seed=r_seed,
+                reg_mode=reg_mode,
+            )
+            for r_seed in seeds
+        ]
+        res = _fit_impl(
+            _repeat_rows(batch, n_init),
+            spatially_variant=spatially_variant,
+            n_components=k,
+            covariance_type=covariance_type,
+            tol=tol,
+            max_iter=max_iter,
+            reg_covar=reg_covar,
+            reg_covar_relative=reg_covar_relative,
+            reg_mode=reg_mode,
+            seed=seed,
+            init_params=tuple(torch.cat(parts) for parts in zip(*inits, strict=True)),
+            dtype=dtype,
+            spatial=spatial,
+            beta=beta,
+            check_every=check_every,
+            chunk_pixels=chunk_pixels,
+            progress=None if progress is None else _RestartProgress(progress, batch, n_init),
+            should_stop=should_stop,
+        )
+        return _best_restart(res, n_init, seeds, init)
 
     if init_params is not None:
         w0, mu0, cov0 = (
@@ -1134,6 +1054,81 @@ def _fit_impl(
             "device": str(dev),
             "iterations_run": iterations_run,
             "stopped": stopped,
+        },
+    )
+
+
+def restart_seeds(seed: int, n_init: int) -> list[int]:
+    """Seeds of the ``n_init`` restarts: ``seed`` itself first, then derived ones.
+
+    Restart 0 is therefore exactly the single fit with ``seed``, so restarts can only
+    lower each slice's final NLL. The others come from ``numpy.random.SeedSequence``.
+    """
+    derived = np.random.SeedSequence(int(seed)).spawn(max(int(n_init) - 1, 0))
+    return [int(seed)] + [int(d.generate_state(1, dtype=np.uint32)[0]) for d in derived]
+
+
+def _repeat_rows(batch: Any, n: int) -> Any:
+    """The batch with its rows repeated ``n`` times, restart-major (row ``r * S + s``)."""
+    return dataclasses.replace(
+        batch,
+        x=batch.x.repeat(n, 1, 1),
+        valid=batch.valid.repeat(n, 1),
+        flat_index=batch.flat_index.repeat(n, 1),
+        slice_index=np.tile(np.asarray(batch.slice_index), n),
+        volume_index=np.tile(np.asarray(batch.volume_index), (n, 1)),
+        loc=np.tile(np.asarray(batch.loc), (n, 1)),
+        scale=np.tile(np.asarray(batch.scale), (n, 1)),
+    )
+
+
+class _RestartProgress:
+    """Relays the progress of a restart fit: a slice is done when all its restarts are."""
+
+    def __init__(self, progress: Callable[[Progress], Any], batch: Any, n_init: int) -> None:
+        self.progress = progress
+        self.order = np.asarray(batch.slice_index)
+        self.n_init = n_init
+
+    def __call__(self, p: Progress) -> None:
+        z, count = np.unique(np.asarray(p.finished), return_counts=True)
+        done = np.isin(self.order, z[count >= self.n_init])
+        self.progress(
+            Progress(
+                slices_done=int(done.sum()),
+                slices_total=len(self.order),
+                iteration=p.iteration,
+                nll=p.nll,
+                finished=self.order[done],
+            )
+        )
+
+
+def _best_restart(res: MixtureResult, n_init: int, seeds: list[int], init: str) -> MixtureResult:
+    """Keep, per slice, the finished restart with the lowest final NLL (restart 0 if none)."""
+    s = res.n_iter.shape[0] // n_init
+    final = res.final_nll.view(n_init, s)
+    usable = res.finished.view(n_init, s) & torch.isfinite(final)
+    best = torch.where(usable, final, torch.full_like(final, float("inf"))).argmin(0)
+    pick = best * s + torch.arange(s, device=best.device)
+    n_iter = res.n_iter[pick]
+    return dataclasses.replace(
+        res,
+        responsibilities=res.responsibilities[pick],
+        weights=res.weights[pick],
+        means=res.means[pick],
+        covariances=res.covariances[pick],
+        nll_history=res.nll_history[pick, : max(int(n_iter.max()), 1)],
+        n_iter=n_iter,
+        converged=res.converged[pick],
+        finished=res.finished[pick],
+        info={
+            **res.info,
+            "init": init,
+            "n_init": n_init,
+            "restart_seeds": seeds,
+            "best_restart": best.cpu().tolist(),
+            "restart_final_nll": final.cpu().tolist(),
         },
     )
 
