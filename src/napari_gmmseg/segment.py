@@ -506,10 +506,12 @@ def segment_case(
     ----------
     case : napari_gmmseg.io.Case
         The loaded case (images, channel names, optional ground-truth labels).
-    roi : "gt", None or numpy.ndarray, default "gt"
-        ``"gt"``: the LV ROI from the case's ground-truth mask (``roi_labels``); None:
-        whole slices; an array: a ``(Z, Y, X)`` bool mask, or a label map from which
-        ``roi_labels`` are taken when it is not boolean.
+    roi : "gt", "auto", None or numpy.ndarray, default "gt"
+        ``"gt"``: the LV ROI from the case's ground-truth mask (``roi_labels``);
+        ``"auto"``: found from the bSSFP image (:func:`napari_gmmseg.autoroi.find_roi`;
+        slices failing its QC are not segmented, the QC goes to
+        ``params["roi_qc"]``); None: whole slices; an array: a ``(Z, Y, X)`` bool
+        mask, or a label map from which ``roi_labels`` are taken when it is not boolean.
     roi_labels : sequence of int, default (500, 200, 1220, 2221)
         Label values that make up the ROI.
     **kw
@@ -525,9 +527,17 @@ def segment_case(
     RoiError
         ``roi="gt"`` on a case without ground truth, or an unusable ROI.
     """
-    if isinstance(roi, str):
+    qc = None
+    if isinstance(roi, str) and roi == "auto":
+        from napari_gmmseg.autoroi import find_roi
+
+        auto = find_roi(case.images, case.channels, case.spacing_mm)
+        if not auto.roi.any():
+            raise RoiError(f"case {case.case_id}: the automatic ROI fails QC on every slice")
+        roi_mask, qc = auto.roi, [q.as_row() for q in auto.qc]
+    elif isinstance(roi, str):
         if roi != "gt":
-            raise RoiError(f"roi must be 'gt', None or an array, got {roi!r}")
+            raise RoiError(f"roi must be 'gt', 'auto', None or an array, got {roi!r}")
         if case.labels is None:
             raise RoiError(
                 f"case {case.case_id} has no ground-truth mask for roi='gt'; pass roi=None "
@@ -543,6 +553,8 @@ def segment_case(
     fit = segment(case.images, roi_mask, **kw)
     fit.params["case_id"] = case.case_id
     fit.params["roi"] = roi if isinstance(roi, str) or roi is None else "array"
+    if qc is not None:
+        fit.params["roi_qc"] = qc
     if isinstance(roi, str) or roi is not None:
         fit.params["roi_labels"] = [int(v) for v in roi_labels]
     return fit

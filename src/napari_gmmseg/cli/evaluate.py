@@ -141,7 +141,8 @@ def register(subparsers) -> None:
     p.add_argument(
         "--roi",
         default="gt",
-        help="gt (ground-truth LV: 500, 200, 1220, 2221; default), a mask file on the case "
+        help="gt (ground-truth LV: 500, 200, 1220, 2221; default), auto (found from the "
+        "bSSFP image; QC and ROI Dice in OUT/auto_roi/), a mask file on the case "
         "grid, or a folder with one mask per case (case id in the file name)",
     )
     p.add_argument("--force", action="store_true", help="re-segment cases already written")

@@ -30,7 +30,13 @@ def register(subparsers) -> None:
     g.add_argument(
         "--roi",
         metavar="MASK",
-        help="ROI mask: a MyoPS label map (the --roi-labels values are taken) or a binary mask",
+        help="ROI mask: a MyoPS label map (the --roi-labels values are taken) or a binary "
+        "mask; 'auto': found from the bSSFP image (slices failing QC are skipped)",
+    )
+    g.add_argument(
+        "--roi-out",
+        metavar="F.nii.gz",
+        help="with --roi auto: also write the automatic ROI (500/200/600; edit it, pass it as --roi)",
     )
     g.add_argument(
         "--roi-labels",
@@ -107,7 +113,9 @@ def run(args: argparse.Namespace) -> int:
         raise CaseLoadError("give at least one of --bssfp, --lge, --t2")
     case = io.load_case_from_paths(sequences)
     roi = None
-    if args.roi:
+    if args.roi == "auto":
+        roi = _auto_roi(case, args)
+    elif args.roi:
         try:
             values = [int(v) for v in str(args.roi_labels).split(",") if v.strip()]
         except ValueError as exc:
@@ -179,3 +187,23 @@ def run(args: argparse.Namespace) -> int:
             f"wrote {path} ({summary})"
         )
     return 0
+
+
+def _auto_roi(case, args: argparse.Namespace):
+    """``--roi auto``: the automatic ROI, its QC on stderr, optionally written (--roi-out)."""
+    from pathlib import Path
+
+    from napari_gmmseg import io
+    from napari_gmmseg.autoroi import find_roi, format_qc
+    from napari_gmmseg.errors import OutputExistsError, RoiError
+
+    if args.roi_out and Path(args.roi_out).exists() and not args.force:
+        raise OutputExistsError(f"{args.roi_out} exists (use --force to overwrite)")
+    auto = find_roi(case.images, case.channels, case.spacing_mm)
+    if not args.quiet:
+        print(f"automatic ROI ({auto.seconds:.1f} s):\n{format_qc(auto.qc)}", file=sys.stderr)
+    if args.roi_out:
+        io.save_labels(auto.labels, case.geometry, args.roi_out, overwrite=args.force)
+    if not auto.roi.any():
+        raise RoiError("the automatic ROI fails QC on every slice: draw or give a mask (--roi)")
+    return auto.roi
