@@ -18,7 +18,8 @@ Pipeline (:func:`find_roi`), every step on the whole volume at once:
    holes inside it become blood pool, and the LV outline is grown by ``grow_mm``
    (new pixels are myocardium): the network's LV is ~7 % smaller than the MyoPS
    annotation (measured, see ``docs/roi.md``);
-4. QC per slice (:class:`SliceQC`); a slice that fails is left out of the ROI.
+4. QC per slice (:class:`SliceQC`) on the network's outline before the growth; a
+   slice that fails is left out of the ROI.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ NET_CLASSES = ("background", "RV blood pool", "LV myocardium", "LV blood pool")
 #: MyoPS value of each network class (0 = background).
 NET_TO_MYOPS = np.array([0, RV.value, MYOCARDIUM.value, BLOOD.value], dtype=np.int32)
 #: Growth of the LV outline in mm (chosen by leave-one-case-out on myops_dev, docs/roi.md).
-GROW_MM = 1.0
+GROW_MM = 1.5
 #: QC thresholds, stated once.
 MIN_LV_AREA_MM2 = 100.0  # smaller than a 11 mm disc: no LV found
 MIN_RING_CLOSED = 0.85  # fraction of the blood pool's rim that must be myocardium
@@ -404,9 +405,37 @@ def find_roi(
             f"the automatic ROI reads the {channel} (cine) image, but the case has only {channels}"
         )
     prob = predict_probabilities(images[..., channels.index(channel)])
-    labels = clean_labels(prob.argmax(1), spacing_mm, grow_mm=grow_mm)
-    roi, qc = qc_roi(labels, spacing_mm)
+    labels, roi, qc = roi_from_network(prob.argmax(1), spacing_mm, grow_mm=grow_mm)
     return AutoRoi(labels=labels, roi=roi, qc=qc, seconds=time.perf_counter() - t0)
+
+
+def roi_from_network(
+    net_labels: np.ndarray, spacing_mm: Sequence[float], *, grow_mm: float = GROW_MM
+) -> tuple[np.ndarray, np.ndarray, list[SliceQC]]:
+    """Cleaned label map, ROI and QC from the network's classes.
+
+    QC is judged on the network's own outline (before the growth, which would close
+    small gaps in an open ring); the ROI is the grown LV on the passing slices.
+
+    Returns
+    -------
+    labels : numpy.ndarray
+        ``(Z, Y, X)`` int32, grown (:func:`clean_labels`).
+    roi : numpy.ndarray
+        ``(Z, Y, X)`` bool.
+    qc : list of SliceQC
+        Areas are those of the grown ROI.
+    """
+    _, qc = qc_roi(clean_labels(net_labels, spacing_mm, grow_mm=0.0), spacing_mm)
+    labels = clean_labels(net_labels, spacing_mm, grow_mm=grow_mm)
+    ok = np.array([q.ok for q in qc], dtype=bool)
+    roi = np.isin(labels, (BLOOD.value, MYOCARDIUM.value)) & ok[:, None, None]
+    px_mm2 = float(spacing_mm[1]) * float(spacing_mm[2])
+    area = roi.reshape(len(roi), -1).sum(1) * px_mm2
+    full = np.isin(labels, (BLOOD.value, MYOCARDIUM.value)).reshape(len(roi), -1).sum(1) * px_mm2
+    for q, a, f in zip(qc, area, full, strict=True):
+        q.area_mm2 = float(a if q.ok else f)
+    return labels, roi, qc
 
 
 def roi_dice(labels: np.ndarray, gt: np.ndarray) -> dict[str, float]:
