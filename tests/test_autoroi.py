@@ -81,13 +81,15 @@ def test_clean_labels_keeps_largest_lv_fills_holes_and_grows():
     net[:, _disc((64, 64), 32, 32, 12)] = 2  # myocardium
     net[:, _disc((64, 64), 32, 32, 7)] = 3  # blood pool
     net[0, 31:34, 31:34] = 0  # a hole in the pool (papillary muscle as background)
+    net[1, 29:31, 34:36] = 2  # a papillary muscle labelled myocardium
     net[:, 2:6, 2:6] = 3  # a small stray LV blob
     net[:, 20:44, 50:60] = 1  # RV
     out = autoroi.clean_labels(net, SPACING, grow_mm=0)
     assert set(np.unique(out)) == {0, 200, 500, 600}
     assert not out[:, 2:6, 2:6].any(), "stray blob kept"
     assert (out[0, 31:34, 31:34] == 500).all(), "hole not filled as blood pool"
-    np.testing.assert_array_equal(out[1] == 500, _disc((64, 64), 32, 32, 7))
+    assert (out[1, 29:31, 34:36] == 500).all(), "papillary muscle not blood pool"
+    np.testing.assert_array_equal(out[1] == 500, _disc((64, 64), 32, 32, 7))  # papillary filled
     grown = autoroi.clean_labels(net, SPACING, grow_mm=2.0)
     added = np.isin(grown, (500, 200)) & ~np.isin(out, (500, 200))
     assert added.any() and (grown[added] == 200).all()  # growth is myocardium

@@ -15,7 +15,8 @@ Pipeline (:func:`find_roi`), every step on the whole volume at once:
 2. the network's class probabilities, resized back to the square (bilinear) and
    argmax-ed on the source grid;
 3. per slice, the largest connected LV component (blood pool + myocardium) is kept,
-   holes inside it become blood pool, and the LV outline is grown by ``grow_mm``
+   holes inside it and islands inside the blood pool (papillary muscles) become blood
+   pool, and the LV outline is grown by ``grow_mm``
    (new pixels are myocardium): the network's LV is ~7 % smaller than the MyoPS
    annotation (measured, see ``docs/roi.md``);
 4. QC per slice (:class:`SliceQC`) on the network's outline before the growth; a
@@ -266,6 +267,8 @@ def clean_labels(
     lv = _largest_per_slice(np.isin(net_labels, (2, 3)))
     filled = ndi.binary_fill_holes(lv, structure=_in_plane())
     pool = filled & ((net_labels == 3) | ~lv)
+    # papillary muscles inside the pool are blood pool in MyoPS masks
+    pool = ndi.binary_fill_holes(pool, structure=_in_plane())
     if grow_mm > 0:
         disc = _disc((grow_mm / float(spacing_mm[1]), grow_mm / float(spacing_mm[2])))
         filled = ndi.binary_dilation(filled, structure=disc)
