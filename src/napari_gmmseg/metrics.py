@@ -42,10 +42,20 @@ from napari_gmmseg.labels import CLASS_NAMES, CLASS_VALUES
 LV_MYOCARDIUM_VALUES: tuple[int, ...] = (200, 1220, 2221)
 #: Name of the LV myocardium composite in tables.
 LV_MYOCARDIUM_NAME = "LV myocardium"
+#: MyoPS values of the lesion, scar ∪ edema (the MyoPS 2020 challenge's second score).
+SCAR_EDEMA_VALUES: tuple[int, ...] = (1220, 2221)
+#: Name of the scar ∪ edema composite in tables and ``metrics.csv``.
+SCAR_EDEMA_NAME = "scar+edema"
 #: The four tissue classes plus the LV myocardium composite, as (name, values).
 EVAL_GROUPS: tuple[tuple[str, tuple[int, ...]], ...] = (
     *((name, (value,)) for name, value in zip(CLASS_NAMES, CLASS_VALUES, strict=True)),
     (LV_MYOCARDIUM_NAME, LV_MYOCARDIUM_VALUES),
+)
+#: Keys of :func:`myops_scores` and the label values each one scores.
+MYOPS_SCORES: tuple[tuple[str, tuple[int, ...]], ...] = (
+    ("scar_dice", (2221,)),
+    ("scar_edema_dice", SCAR_EDEMA_VALUES),
+    ("lv_myocardium_dice", LV_MYOCARDIUM_VALUES),
 )
 
 Group = int | Sequence[int]
@@ -176,6 +186,43 @@ def dice(
     cm = confusion_matrix(pred, gt, values, values, per_slice=per_slice)
     counts = group_counts(cm, values, groups)
     return _dice_from_counts(counts[..., 0], counts[..., 1], counts[..., 2], empty)
+
+
+def myops_scores(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    *,
+    roi: np.ndarray | None = None,
+    empty: float = np.nan,
+) -> dict[str, float]:
+    """The MyoPS 2020 challenge's per-case scores of one label map.
+
+    The challenge ranks methods by the Dice of **scar** (2221) and of **scar ∪
+    edema** (1220 ∪ 2221), each computed over the whole case (not averaged over
+    slices). The LV myocardium Dice (200 ∪ 1220 ∪ 2221) is added for context.
+    Scores are of the labels exactly as given: pass the map relabelled by
+    :func:`match_slices` to score it "after matching".
+
+    Parameters
+    ----------
+    pred, gt : numpy.ndarray
+        ``(Z, Y, X)`` MyoPS label maps of the same shape.
+    roi : numpy.ndarray of bool, optional
+        ``(Z, Y, X)``; predictions outside it are background (ground truth is taken whole).
+    empty : float
+        Dice when a region is absent from both maps (NaN: undefined, excluded
+        from means; see the module notes).
+
+    Returns
+    -------
+    dict of str to float
+        ``scar_dice``, ``scar_edema_dice``, ``lv_myocardium_dice`` (:data:`MYOPS_SCORES`).
+    """
+    pred = np.asarray(pred)
+    if roi is not None:
+        pred = np.where(np.asarray(roi, dtype=bool), pred, 0)
+    d = dice(pred, gt, [values for _, values in MYOPS_SCORES], empty=empty)
+    return {key: float(v) for (key, _), v in zip(MYOPS_SCORES, d, strict=True)}
 
 
 # --------------------------------------------------------------------------- matching
