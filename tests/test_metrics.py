@@ -216,3 +216,36 @@ def test_myops_scores_empty_regions():
     pred[0, 0, 0] = 2221  # scar called where there is none: 0, not undefined
     s = metrics.myops_scores(pred, gt)
     assert s["scar_dice"] == 0.0 and s["scar_edema_dice"] == 0.0
+
+
+def _swapped_lesion_case() -> tuple[np.ndarray, np.ndarray]:
+    """One slice: 60 healthy, 20 scar, 20 edema; the prediction names scar and edema swapped."""
+    gt = np.zeros((1, 10, 10), np.int32)
+    gt[0, :6], gt[0, 6:8], gt[0, 8:] = 200, 2221, 1220
+    pred = gt.copy()
+    pred[0, 6:8], pred[0, 8:] = 1220, 2221
+    return pred, gt
+
+
+def test_evaluate_labels_scar_edema_rows_and_matched_burden():
+    pred, gt = _swapped_lesion_case()
+    pred[0, 9, :5] = 200  # 5 edema pixels missed: burden differs between named and matched
+    rows = metrics.evaluate_labels(pred, gt, (2.0, 1.0, 1.0))
+    vol = {r["class"]: r for r in rows if r["level"] == "volume"}
+    assert vol["scar"]["dice_named"] == 0.0 and vol["scar"]["dice"] == 1.0
+    lesion = vol[metrics.SCAR_EDEMA_NAME]
+    assert lesion["dice_named"] == pytest.approx(2 * 35 / (35 + 40))  # named = matched: a union
+    assert lesion["dice"] == pytest.approx(lesion["dice_named"])
+    # the MyoPS scores are these volume rows
+    s = metrics.myops_scores(pred, gt)
+    assert s["scar_dice"] == vol["scar"]["dice_named"]
+    assert s["scar_edema_dice"] == pytest.approx(lesion["dice_named"])
+    # burden: as named (scar 15 px) and matched (scar 20 px), 2 mm³ voxels, LV myo 100 px
+    assert vol["scar"]["pred_ml"] == pytest.approx(15 * 2 / 1000)
+    assert vol["scar"]["pred_ml_matched"] == pytest.approx(20 * 2 / 1000)
+    assert vol["scar"]["pred_pct"] == pytest.approx(15.0)
+    assert vol["scar"]["pred_pct_matched"] == pytest.approx(20.0)
+    assert vol["edema"]["pred_pct_matched"] == pytest.approx(15.0)
+    assert lesion["pred_pct"] == pytest.approx(35.0) and lesion["gt_pct"] == pytest.approx(40.0)
+    assert lesion["pred_ml"] == pytest.approx(35 * 2 / 1000)
+    assert np.isnan(vol["myocardium"]["pred_pct_matched"])  # % only for scar / edema / lesion

@@ -46,10 +46,11 @@ LV_MYOCARDIUM_NAME = "LV myocardium"
 SCAR_EDEMA_VALUES: tuple[int, ...] = (1220, 2221)
 #: Name of the scar ∪ edema composite in tables and ``metrics.csv``.
 SCAR_EDEMA_NAME = "scar+edema"
-#: The four tissue classes plus the LV myocardium composite, as (name, values).
+#: The four tissue classes plus the LV myocardium and scar ∪ edema composites, as (name, values).
 EVAL_GROUPS: tuple[tuple[str, tuple[int, ...]], ...] = (
     *((name, (value,)) for name, value in zip(CLASS_NAMES, CLASS_VALUES, strict=True)),
     (LV_MYOCARDIUM_NAME, LV_MYOCARDIUM_VALUES),
+    (SCAR_EDEMA_NAME, SCAR_EDEMA_VALUES),
 )
 #: Keys of :func:`myops_scores` and the label values each one scores.
 MYOPS_SCORES: tuple[tuple[str, tuple[int, ...]], ...] = (
@@ -467,6 +468,8 @@ BURDEN_KEYS: tuple[str, ...] = (
     "myocardium_ml",
     "edema_pct",
     "scar_pct",
+    "scar_edema_ml",
+    "scar_edema_pct",
 )
 
 
@@ -489,8 +492,9 @@ def burden(
     dict
         ``blood_ml``, ``healthy_ml`` (200), ``edema_ml`` (1220), ``scar_ml`` (2221),
         ``myocardium_ml`` (LV myocardium = 200 + 1220 + 2221), ``edema_pct`` and
-        ``scar_pct`` (100 · volume / LV myocardium volume; NaN without myocardium).
-        Floats, or ``(Z,)`` arrays with ``per_slice``.
+        ``scar_pct`` (100 · volume / LV myocardium volume; NaN without myocardium),
+        ``scar_edema_ml`` and ``scar_edema_pct`` (their sum, the lesion).
+        Floats, or ``(Z,)`` arrays with ``per_slice`` (:data:`BURDEN_KEYS`).
     """
     labels = np.asarray(labels)
     values = (500, 200, 1220, 2221)
@@ -514,6 +518,8 @@ def burden(
         "myocardium_ml": myo,
         "edema_pct": edema_pct,
         "scar_pct": scar_pct,
+        "scar_edema_ml": ml[..., 2] + ml[..., 3],
+        "scar_edema_pct": edema_pct + scar_pct,
     }
     if not per_slice:
         out = {k: float(v) for k, v in out.items()}
@@ -528,8 +534,9 @@ _GROUP_ML = {
     "edema": "edema_ml",
     "scar": "scar_ml",
     LV_MYOCARDIUM_NAME: "myocardium_ml",
+    SCAR_EDEMA_NAME: "scar_edema_ml",
 }
-_GROUP_PCT = {"edema": "edema_pct", "scar": "scar_pct"}
+_GROUP_PCT = {"edema": "edema_pct", "scar": "scar_pct", SCAR_EDEMA_NAME: "scar_edema_pct"}
 
 
 def evaluate_labels(
@@ -548,7 +555,10 @@ def evaluate_labels(
     ground truth used) and after optimal per-slice matching of its four class
     values to the ground-truth classes (``dice``, the paper's protocol). Per-volume
     rows use the slice-wise matched map. Volumes and burden are those of the
-    prediction as named, side by side with the ground truth.
+    prediction as named (``pred_ml``, ``pred_pct``) and of the matched map
+    (``pred_ml_matched``, ``pred_pct_matched``), side by side with the ground
+    truth. The volume rows of ``scar`` and ``scar+edema`` hold the MyoPS 2020
+    per-case scores (:func:`myops_scores` of the named and the matched map).
 
     Parameters
     ----------
@@ -571,7 +581,8 @@ def evaluate_labels(
         One row per (slice or volume, class) with keys ``level`` ("slice" or
         "volume"), ``slice`` (z index, -1 for volume), ``class``, ``dice``,
         ``dice_named``, ``hd95_mm`` (NaN unless asked), ``pred_ml``, ``gt_ml``,
-        ``pred_pct``, ``gt_pct`` (edema and scar only), ``gt_present``,
+        ``pred_pct``, ``gt_pct`` (edema, scar and scar+edema only; NaN otherwise),
+        ``pred_ml_matched``, ``pred_pct_matched``, ``gt_present``,
         ``pred_present``, ``all_classes`` (the ground truth holds all four classes
         there, the paper's slice selection). Slices where both maps are empty are
         left out.
@@ -595,6 +606,7 @@ def evaluate_labels(
         d_match = _dice_from_counts(c_match[..., 0], c_match[..., 1], c_match[..., 2], empty)
         b_pred = burden(pred, spacing_mm, per_slice=per_slice)
         b_gt = burden(gt, spacing_mm, per_slice=per_slice)
+        b_match = burden(matched, spacing_mm, per_slice=per_slice)
         h = (
             hd95(matched, gt, groups, spacing_mm, per_slice=per_slice)
             if with_hd95
@@ -611,6 +623,7 @@ def evaluate_labels(
             pred_present = (c_named[..., 1] > 0)[None]
             b_pred = {k: np.asarray([v]) for k, v in b_pred.items()}
             b_gt = {k: np.asarray([v]) for k, v in b_gt.items()}
+            b_match = {k: np.asarray([v]) for k, v in b_match.items()}
             index = [(-1, 0)]
         for z, i in index:
             all_classes = bool(gt_present[i, :4].all())
@@ -628,6 +641,8 @@ def evaluate_labels(
                         "gt_ml": float(b_gt[_GROUP_ML[name]][i]),
                         "pred_pct": float(b_pred[pct_key][i]) if pct_key else np.nan,
                         "gt_pct": float(b_gt[pct_key][i]) if pct_key else np.nan,
+                        "pred_ml_matched": float(b_match[_GROUP_ML[name]][i]),
+                        "pred_pct_matched": float(b_match[pct_key][i]) if pct_key else np.nan,
                         "gt_present": bool(gt_present[i, j]),
                         "pred_present": bool(pred_present[i, j]),
                         "all_classes": all_classes,
