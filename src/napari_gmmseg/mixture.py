@@ -58,7 +58,8 @@ import torch
 
 from napari_gmmseg.errors import ModelError, RoiError
 from napari_gmmseg.fit import Progress, RowUpdate
-from napari_gmmseg.gaussian import COVARIANCE_TYPES, precision_cholesky
+from napari_gmmseg.gaussian import precision_cholesky
+from napari_gmmseg.methods import COVARIANCE_TYPES, INITS, REG_MODES, SPATIAL, check_choice
 
 __all__ = [
     "INITS",
@@ -71,10 +72,6 @@ __all__ = [
     "restart_seeds",
 ]
 
-#: Initialisation methods.
-INITS: tuple[str, ...] = ("kmeans++", "random", "random_from_data", "linspace", "prior")
-#: Spatial coherence options.
-SPATIAL: tuple[str, ...] = ("none", "mrf", "smooth")
 
 _LOG_2PI = math.log(2.0 * math.pi)
 
@@ -158,7 +155,6 @@ def _row_stats(x: torch.Tensor, valid_f: torch.Tensor) -> tuple[torch.Tensor, to
 #: How the covariance floor is applied: ``"clip"`` (variances, or the eigenvalues of the
 #: floor-whitened covariance, raised to the floor: the constrained maximum-likelihood
 #: M-step, so the NLL never increases) or ``"add"`` (floor added, scikit-learn's reg_covar).
-REG_MODES: tuple[str, ...] = ("clip", "add")
 
 
 def _m_step_from_stats(
@@ -605,18 +601,13 @@ def _fit_impl(
     k = int(n_components)
     if k < 1:
         raise ModelError(f"n_components must be >= 1, got {k}")
-    if covariance_type not in COVARIANCE_TYPES:
-        raise ModelError(
-            f"covariance_type must be one of {COVARIANCE_TYPES}, got {covariance_type!r}"
-        )
-    if init not in INITS and init_params is None:
-        raise ModelError(f"unknown init {init!r}; choose one of {INITS}")
-    if spatial not in SPATIAL:
-        raise ModelError(f"spatial must be one of {SPATIAL}, got {spatial!r}")
+    check_choice("covariance_type", covariance_type, COVARIANCE_TYPES)
+    if init_params is None:
+        check_choice("init", init, INITS)
+    check_choice("spatial", spatial, SPATIAL)
     if spatial == "smooth" and not spatially_variant:
         raise ModelError("spatial='smooth' smooths the SVGMM weights Pi; use 'mrf' for a GMM")
-    if reg_mode not in REG_MODES:
-        raise ModelError(f"reg_mode must be one of {REG_MODES}, got {reg_mode!r}")
+    check_choice("reg_mode", reg_mode, REG_MODES)
     if max_iter < 1:
         raise ModelError(f"max_iter must be >= 1, got {max_iter}")
     if tol < 0:
