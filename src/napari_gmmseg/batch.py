@@ -168,7 +168,7 @@ def _resolve_roi(roi: str | os.PathLike | None, case) -> np.ndarray | None:
             hits = sorted(
                 p
                 for p in path.iterdir()
-                if p.name.lower().endswith((".nii.gz", ".nii", ".mha", ".nrrd"))
+                if io.is_image_path(p)
                 and case.case_id in p.name.split(".")[0].replace("-", "_").split("_")
             )
             if not hits:

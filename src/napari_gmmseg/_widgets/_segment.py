@@ -57,6 +57,7 @@ from napari_gmmseg._widgets._common import (
 )
 from napari_gmmseg.errors import GeometryError, GmmSegError, ModelError, RoiError
 from napari_gmmseg.labels import CLASSES, LV_ROI_VALUES
+from napari_gmmseg.labels import DEFAULT_CHANNELS as _CASE_CHANNELS
 from napari_gmmseg.methods import METHODS, DeepOptions
 from napari_gmmseg.presence import PresenceRule
 from napari_gmmseg.segment import segment as segment_fn
@@ -74,7 +75,7 @@ _EM_MAX_ITER = inspect.signature(segment_fn).parameters["max_iter"].default
 _DEEP_MAX_EPOCHS = DeepOptions().max_epochs
 
 #: The sequences ticked as channels by default.
-DEFAULT_CHANNELS = ("bSSFP", "LGE", "T2")
+DEFAULT_CHANNELS = _CASE_CHANNELS
 
 
 def channel_name(layer) -> str:
