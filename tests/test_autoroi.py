@@ -200,3 +200,12 @@ def test_evaluate_roi_auto_writes_qc_dice_and_reuses_an_edited_roi(phantom_datas
     assert info["source"].startswith("reused") and info["skipped_slices"] == [1]
     seg = io.read_labels(out / "gmm" / "1001.nii.gz")
     assert not seg[1].any() and seg[0].any()
+
+
+def test_shipped_network_is_myoparis_file_with_its_licence():
+    import hashlib
+
+    path = autoroi.model_path()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == autoroi.MODEL_SHA256
+    licence = (path.parent / "LICENSE-myopari.txt").read_text()
+    assert "MIT License" in licence and "Marcos Antonio Obando" in licence
