@@ -78,6 +78,12 @@ def _validate_images(images: Any) -> np.ndarray:
     return images
 
 
+def _check_finite(values: np.ndarray) -> None:
+    """Raise :class:`CaseLoadError` on NaN/Inf (the fitted ROI is checked while packed)."""
+    if values.dtype.kind in "fc" and not np.isfinite(values).all():
+        raise CaseLoadError("images contain NaN or Inf inside the region of interest")
+
+
 def _name_components(
     means: np.ndarray, channels: Sequence[str], table: Any, known: bool, k: int
 ) -> np.ndarray:
@@ -107,7 +113,7 @@ def _build_labels(
     import torch
 
     k = soft.shape[-1]
-    comp = soft.argmax(-1).to("cpu").numpy().astype(np.int64)  # (S, N)
+    comp = soft.argmax(-1).to("cpu").numpy()  # (S, N) int64
     valid = batch.valid.to("cpu").numpy()
     values = np.asarray(CLASS_VALUES, dtype=np.int32)
     cls = np.take_along_axis(c2c, comp, axis=1)  # (S, N) class index
@@ -343,8 +349,6 @@ def segment(
                 f"ROI shape {roi_mask.shape} differs from the image grid {(z_dim, y_dim, x_dim)}"
             )
         roi_mask = roi_mask.astype(bool, copy=False)
-    if not np.all(np.isfinite(images[roi_mask])):
-        raise CaseLoadError("images contain NaN or Inf inside the region of interest")
     counts = roi_mask.reshape(z_dim, -1).sum(1)
     total = int(counts.sum())
     if total == 0:
@@ -356,6 +360,7 @@ def segment(
         small = np.nonzero((counts > 0) & (counts < k))[0]
         if small.size:
             skipped = [int(z) for z in small]
+            _check_finite(images[small][roi_mask[small]])
             roi_mask = roi_mask.copy()
             roi_mask[small] = False
     table = load_prior(prior)
