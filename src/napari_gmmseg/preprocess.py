@@ -225,39 +225,45 @@ class SliceBatch:
             row_counts = np.array([zz.size])
         n_rows = int(row_counts.size)
         n_max = int(row_counts.max())
-        row_start = np.concatenate([[0], np.cumsum(row_counts)[:-1]])
-        pos = np.arange(zz.size) - np.repeat(row_start, row_counts)  # row_start[rows]
+        padded = zz.size != n_rows * n_max  # rows of unequal length
+        if padded:
+            row_start = np.concatenate([[0], np.cumsum(row_counts)[:-1]])
+            pos = np.arange(zz.size) - np.repeat(row_start, row_counts)  # row_start[rows]
 
-        def per_pixel(a: np.ndarray) -> np.ndarray:
-            """``a[rows]`` for ``(n_rows, C)`` ``a``: rows are sorted, so a repeat."""
-            return np.repeat(a, row_counts, axis=0)
+        def rowwise(op: np.ufunc, raw: np.ndarray, a: np.ndarray) -> None:
+            """``raw = op(raw, a[rows])`` in place for ``(n_rows, C)`` ``a`` (rows are sorted)."""
+            if padded:
+                op(raw, np.repeat(a, row_counts, axis=0), out=raw)
+            else:  # broadcast over each row's pixels, no (P, C) temporary
+                view = raw.reshape(n_rows, n_max, n_ch)
+                op(view, a[:, None, :], out=view)
 
         # Normalisation statistics (float64), per row and channel. ``np.bincount`` adds
         # in pixel order, as ``np.add.at`` did: the same sums bit for bit, 10x faster.
         if normalize == "roi":
             loc = _row_sums(rows, raw, n_rows) / row_counts[:, None]
-            raw -= per_pixel(loc)  # in place: raw now holds the deviations
+            rowwise(np.subtract, raw, loc)  # raw now holds the deviations
             std = np.sqrt(_row_sums(rows, raw * raw, n_rows) / row_counts[:, None])
         elif normalize == "crop":
             loc, std = _crop_stats(images, crop_slices, boxes, per_slice)
-            raw -= per_pixel(loc)
+            rowwise(np.subtract, raw, loc)
         else:
             loc = np.zeros((n_rows, n_ch))
             std = np.ones((n_rows, n_ch))
-            raw -= per_pixel(loc)
+            rowwise(np.subtract, raw, loc)
         # A constant channel gets scale 1 (all zeros after centring), never a division by 0.
         tiny = 1e-6 * np.maximum(np.abs(loc), 1.0)
         scale = np.where(std > tiny, std, 1.0)
-        raw /= per_pixel(scale)  # (raw - loc) / scale, in place
+        rowwise(np.divide, raw, scale)  # (raw - loc) / scale
 
-        # Packed position of every ROI pixel; without padding it is 0, 1, 2... (a reshape).
-        dest = rows.astype(np.int64) * n_max + pos
-        if dest.size == n_rows * n_max:
+        # Without padding the packed position of every ROI pixel is 0, 1, 2... (a reshape).
+        if not padded:
             x = raw.astype(np.float32).reshape(n_rows, n_max, n_ch)
             valid = np.ones((n_rows, n_max), dtype=bool)
             flat_index = crop_flat.astype(np.int64).reshape(n_rows, n_max)
             volume_index = vol_flat.astype(np.int64).reshape(n_rows, n_max)
         else:
+            dest = rows.astype(np.int64) * n_max + pos
             x = np.zeros((n_rows, n_max, n_ch), dtype=np.float32)
             x.reshape(-1, n_ch)[dest] = raw
             valid = np.zeros((n_rows, n_max), dtype=bool)
