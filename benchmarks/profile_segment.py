@@ -11,7 +11,7 @@ and prints the CPU seconds and the share of the total of every phase:
   imported before the profile so the other phases hold no import time);
 - ``load``: reading and checking the three NIfTI files (``io.load_case_from_paths``);
 - ``pack``: ``SliceBatch.from_volume`` (normalisation, packing);
-- ``init``: the EM initialisation (``mixture.initial_parameters``);
+- ``init``: the EM initialisation (``em.init.initial_parameters``);
 - ``em``: the EM iterations (``mixture.fit_gmm`` minus ``init``);
 - ``naming``: components -> tissues (``naming.name_components``);
 - ``labels``: label building and scatter to the volume (``segment._build_labels``);
@@ -40,7 +40,7 @@ from pathlib import Path
 PHASES: dict[str, tuple[str, str]] = {
     "load": ("io.py", "load_case_from_paths"),
     "pack": ("preprocess.py", "from_volume"),
-    "init": ("mixture.py", "initial_parameters"),
+    "init": ("em/init.py", "initial_parameters"),
     "fit_gmm": ("mixture.py", "fit_gmm"),
     "naming": ("naming.py", "name_components"),
     "labels": ("segment.py", "_build_labels"),
