@@ -175,10 +175,10 @@ def test_evaluate_roi_auto_writes_qc_dice_and_reuses_an_edited_roi(phantom_datas
     out = tmp_path / "eval"
     ev = evaluate_dataset(phantom_dataset, ["gmm"], out, roi="auto", progress=False, plots=False)
     assert not ev.failures
-    info = json.loads((out / "auto_roi" / "1001.json").read_text())
+    info = json.loads((out / "auto_roi" / "1001.json").read_text(encoding="utf-8"))
     assert info["dice"]["lv"] > 0.85 and len(info["qc"]) == 3
     assert info["seconds_per_slice"] > 0
-    qc_csv = (out / "auto_roi" / "qc.csv").read_text().splitlines()
+    qc_csv = (out / "auto_roi" / "qc.csv").read_text(encoding="utf-8").splitlines()
     assert qc_csv[0].startswith("case,slice,roi_area_mm2") and len(qc_csv) == 4
     assert "Automatic ROI" in ev.table and "LV ROI Dice" in ev.table
     assert ev.summary["roi"] == "auto"
@@ -190,13 +190,13 @@ def test_evaluate_roi_auto_writes_qc_dice_and_reuses_an_edited_roi(phantom_datas
     evaluate_dataset(
         phantom_dataset, ["gmm"], out, roi="auto", progress=False, plots=False, force=True
     )
-    info = json.loads((out / "auto_roi" / "1001.json").read_text())
+    info = json.loads((out / "auto_roi" / "1001.json").read_text(encoding="utf-8"))
     assert info["skipped_slices"] == []  # force recomputes the ROI from the images
     labels[1] = 0
     io.save_labels(labels, geometry, roi_file, overwrite=True)
     (out / "gmm" / "1001.nii.gz").unlink()
     evaluate_dataset(phantom_dataset, ["gmm"], out, roi="auto", progress=False, plots=False)
-    info = json.loads((out / "auto_roi" / "1001.json").read_text())
+    info = json.loads((out / "auto_roi" / "1001.json").read_text(encoding="utf-8"))
     assert info["source"].startswith("reused") and info["skipped_slices"] == [1]
     seg = io.read_labels(out / "gmm" / "1001.nii.gz")
     assert not seg[1].any() and seg[0].any()
@@ -207,5 +207,5 @@ def test_shipped_network_is_myoparis_file_with_its_licence():
 
     path = autoroi.model_path()
     assert hashlib.sha256(path.read_bytes()).hexdigest() == autoroi.MODEL_SHA256
-    licence = (path.parent / "LICENSE-myopari.txt").read_text()
+    licence = (path.parent / "LICENSE-myopari.txt").read_text(encoding="utf-8")
     assert "MIT License" in licence and "Marcos Antonio Obando" in licence

@@ -533,7 +533,7 @@ def case_roi(case, folder: str | Path, *, force: bool = False) -> np.ndarray:
     if case.labels is not None:
         info["dice"] = roi_dice(labels, case.labels)
     tmp = folder / f".{case.case_id}.json.tmp"
-    tmp.write_text(json.dumps(info, indent=1))
+    tmp.write_text(json.dumps(info, indent=1), encoding="utf-8")
     tmp.replace(folder / f"{case.case_id}.json")
     if not roi.any():
         raise RoiError(f"case {case.case_id}: the automatic ROI fails QC on every slice")
@@ -565,7 +565,7 @@ def collect_case_qc(folder: str | Path, case_ids: Sequence[str]) -> tuple[list[d
         p = Path(folder) / f"{cid}.json"
         if not p.exists():
             continue
-        info = json.loads(p.read_text())
+        info = json.loads(p.read_text(encoding="utf-8"))
         d = info.get("dice", {})
         for q in info["qc"]:
             rows.append(
@@ -604,6 +604,6 @@ def write_qc_csv(rows: Sequence[dict], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(buf.getvalue())
+    tmp.write_text(buf.getvalue(), encoding="utf-8")
     tmp.replace(path)
     return path

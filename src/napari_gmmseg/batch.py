@@ -155,7 +155,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", newline="") as fh:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
             fh.write(text)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; these are ordinary result files
         os.replace(tmp, path)
@@ -336,7 +336,7 @@ def evaluate_case(
                         f"{label_path}: grid {geometry} does not match case {case.case_id} "
                         f"({case.geometry}); rerun with --force"
                     )
-                info = json.loads(sidecar.read_text()) if sidecar.exists() else {}
+                info = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.exists() else {}
                 seconds = info.get("seconds")
                 if info.get("requested", requested) != requested:
                     info = {

@@ -109,7 +109,7 @@ def load_mu_data(path: str | os.PathLike) -> MuData:
     """
     path = Path(path)
     try:
-        d = json.loads(path.read_text())
+        d = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ModelError(f"mu_data file {path} does not exist") from exc
     except (OSError, ValueError) as exc:
