@@ -214,7 +214,9 @@ def test_resume_skips_and_force_recomputes(first_run, sample_data_dir, tmp_path)
     assert {o.status for o in res.outcomes} == {"skipped"}
     assert label.stat().st_mtime_ns == before
     # metrics are recomputed from the saved maps: same table and CSV as the first run
-    assert (out / "metrics.csv").read_text(encoding="utf-8") == (out0 / "metrics.csv").read_text(encoding="utf-8")
+    assert (out / "metrics.csv").read_text(encoding="utf-8") == (out0 / "metrics.csv").read_text(
+        encoding="utf-8"
+    )
     assert res.summary["aggregates"]["gmm"]["runtime"]["skipped"] == len(res.outcomes)
     assert res.summary["aggregates"]["gmm"]["runtime"]["seconds_per_case"]["n"] == len(res.outcomes)
     res = evaluate_dataset(
@@ -222,7 +224,9 @@ def test_resume_skips_and_force_recomputes(first_run, sample_data_dir, tmp_path)
     )
     assert {o.status for o in res.outcomes} == {"segmented"}
     assert label.stat().st_mtime_ns != before
-    assert (out / "metrics.csv").read_text(encoding="utf-8") == (out0 / "metrics.csv").read_text(encoding="utf-8")  # seeded
+    assert (out / "metrics.csv").read_text(encoding="utf-8") == (out0 / "metrics.csv").read_text(
+        encoding="utf-8"
+    )  # seeded
 
 
 def test_broken_case_is_reported_and_others_finish(sample_data_dir, tmp_path):
@@ -266,7 +270,9 @@ def test_dask_local_cluster_gives_identical_csv(first_run, sample_data_dir, tmp_
             scheduler=client,
         )
     assert res.failures == []
-    assert (tmp_path / "metrics.csv").read_text(encoding="utf-8") == (out0 / "metrics.csv").read_text(encoding="utf-8")
+    assert (tmp_path / "metrics.csv").read_text(encoding="utf-8") == (
+        out0 / "metrics.csv"
+    ).read_text(encoding="utf-8")
     for label in (out0 / "gmm").glob("*.nii.gz"):
         a = np.asarray(__import__("nibabel").load(label).dataobj)
         b = np.asarray(__import__("nibabel").load(tmp_path / "gmm" / label.name).dataobj)
@@ -292,7 +298,9 @@ def test_folder_per_case_layout_and_roi_folder(first_run, sample_data_dir, tmp_p
         data, ["gmm"], out, roi=rois, progress=False, options=FAST_OPTIONS, plots=False
     )
     assert res.failures == []
-    assert (out / "metrics.csv").read_text(encoding="utf-8") == (out0 / "metrics.csv").read_text(encoding="utf-8")
+    assert (out / "metrics.csv").read_text(encoding="utf-8") == (out0 / "metrics.csv").read_text(
+        encoding="utf-8"
+    )
 
 
 def test_bad_requests_raise_typed_errors(tmp_path, sample_data_dir):

@@ -51,7 +51,8 @@ def test_train_cli_writes_a_loadable_model(tiny_dataset, tmp_path):
     assert model.method == "deepsvg-mu"
     assert model.training["cases"] == ["1001", "1002"]
     assert torch.allclose(
-        model.mu_data, torch.tensor(json.loads(mu.read_text(encoding="utf-8"))["means"], dtype=torch.float32)
+        model.mu_data,
+        torch.tensor(json.loads(mu.read_text(encoding="utf-8"))["means"], dtype=torch.float32),
     )
     assert main(args) == 1  # exists, no --force
     assert main([*args, "--force", "--method", "deepsvg"]) == 0
