@@ -18,7 +18,8 @@ MAP-EM (:func:`fit_map_em`, the default mixture)
 
 Rules applied after the fit (:func:`apply_rules`), each from what clinicians know:
 
-- **partial volume**: a scar region (8-connected, per slice) lying entirely inside the
+- **partial volume**: a scar pixel that is T2-dark (below :data:`SCAR_T2_MIN`) is
+  blood partial volume, and a scar region (8-connected, per slice) lying entirely inside the
   endocardial rim (:data:`napari_gmmseg.wall.RIM_MM`) is blood/myocardium partial
   volume, not scar (scar that reaches deeper keeps its rim pixels: infarcts start at the
   endocardium);
@@ -58,14 +59,21 @@ PATHOLOGY_CHANNELS: tuple[str, ...] = ("LGE", "T2")
 MIXTURES: tuple[str, ...] = ("map-em", "gmm", "svgmm")
 #: Weight of the learned prior, as a fraction of the slice's wall pixels (split equally
 #: over the three classes for means and covariances, by the prior proportions for the
-#: weights). 0.5 makes the prior worth half the data: components move toward their
-#: slice's intensities but cannot swap or vanish into another class.
-PRIOR_STRENGTH: float = 0.5
-#: Potts weight of the mean-field MRF (per neighbour's responsibility, 8 neighbours).
-MRF_BETA: float = 0.5
+#: weights). 0.05 keeps a component that finds no pixels of its class (a slice without
+#: scar) at the prior's place instead of letting it drift into healthy tissue, while the
+#: data still sets the parameters of every class present; 0.5 was worse cross-validated
+#: (docs/quality.md, section 6).
+PRIOR_STRENGTH: float = 0.05
+#: Potts weight of the mean-field MRF (per neighbour's responsibility, 8 neighbours);
+#: off by default: 0.5 lowered the cross-validated scar Dice (docs/quality.md, section 6).
+MRF_BETA: float = 0.0
 #: Minimum share of the wall (slice or case) a lesion class must cover to be present:
 #: 2 % is a few tens of pixels in a MyoPS slice, below what a reader would call a lesion.
 PRESENCE_FRACTION: float = 0.02
+#: A scar pixel's T2 must reach this multiple of its slice's wall median: scar is T2-iso or
+#: bright, while a wall pixel that is LGE-bright *and* T2-dark carries blood partial volume
+#: (blood is about half of myocardium on T2).
+SCAR_T2_MIN: float = 0.9
 #: EM iterations of :func:`fit_map_em` (it converges in 10-20 on MyoPS slices).
 MAX_ITER: int = 30
 
@@ -108,7 +116,9 @@ class WallBatch:
         for i, (z, (y0, x0, hh, ww)) in enumerate(zip(z_any, boxes, strict=True)):
             mb[i, :hh, :ww] = wall[z, y0 : y0 + hh, x0 : x0 + ww]
             xb[i, :hh, :ww] = np.where(mb[i, :hh, :ww, None], x[z, y0 : y0 + hh, x0 : x0 + ww], 0)
-        return cls(torch.as_tensor(xb, device=device), torch.as_tensor(mb, device=device), z_any, boxes)
+        return cls(
+            torch.as_tensor(xb, device=device), torch.as_tensor(mb, device=device), z_any, boxes
+        )
 
     def scatter(self, values: np.ndarray, shape: tuple[int, ...], fill: Any = 0) -> np.ndarray:
         """``(S, H, W[, K])`` crop values back to a ``(Z, Y, X[, K])`` volume (``fill`` elsewhere)."""
@@ -294,6 +304,7 @@ def apply_rules(
     rim_rule: bool = True,
     presence: bool = True,
     fraction: float = PRESENCE_FRACTION,
+    t2: np.ndarray | None = None,
 ) -> np.ndarray:
     """Partial-volume and presence rules on stage-2 class indices (module docstring).
 
@@ -309,6 +320,9 @@ def apply_rules(
         Apply the partial-volume rule and the presence rule.
     fraction : float
         Presence threshold, share of the wall.
+    t2 : numpy.ndarray, optional
+        ``(Z, Y, X)`` T2 in wall-ratio units: with ``rim_rule``, scar pixels below
+        :data:`SCAR_T2_MIN` are partial volume too.
 
     Returns
     -------
@@ -327,6 +341,8 @@ def apply_rules(
             p[:, scar] = -1.0  # removed edema becomes healthy, never scar
         labels[sel] = np.argmax(p, axis=1)
 
+    if rim_rule and t2 is not None:
+        remove((labels == scar) & (t2 < SCAR_T2_MIN), scar)
     if rim_rule:
         eight = np.zeros((3, 3, 3), dtype=bool)
         eight[1] = True
@@ -344,4 +360,3 @@ def apply_rules(
             absent = (cnt < fraction * wall_px) | (cnt.sum() < fraction * wall_px.sum())
             remove((labels == cls) & absent[:, None, None], cls)
     return labels
-

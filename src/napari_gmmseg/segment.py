@@ -25,7 +25,7 @@ from napari_gmmseg.labels import CLASS_VALUES, CLASSES, LV_ROI_VALUES
 __all__ = ["DEEP_METHODS", "EM_METHODS", "EM_OPTIONS", "METHODS", "segment", "segment_case"]
 
 #: Every method name :func:`segment` accepts.
-METHODS: tuple[str, ...] = ("gmm", "svgmm", "deepg", "deepsvg", "deepsvg-mu")
+METHODS: tuple[str, ...] = ("gmm", "svgmm", "deepg", "deepsvg", "deepsvg-mu", "wall-first")
 #: Methods fitted by EM in :mod:`napari_gmmseg.mixture`.
 EM_METHODS: tuple[str, ...] = ("gmm", "svgmm")
 #: Methods dispatched to :func:`napari_gmmseg.deep.fit_deep`.
@@ -326,7 +326,7 @@ def segment(
     return_probabilities = bool(method_options.pop("return_probabilities", True))
     from napari_gmmseg.presence import resolve_rule
 
-    rule = resolve_rule(presence)
+    rule = None if method == "wall-first" else resolve_rule(presence)
     images = _validate_images(images)
     z_dim, y_dim, x_dim, n_ch = images.shape
     if channels is None:
@@ -345,6 +345,25 @@ def segment(
         roi_mask = roi_mask.astype(bool, copy=False)
     if not np.all(np.isfinite(images[roi_mask])):
         raise CaseLoadError("images contain NaN or Inf inside the region of interest")
+    if method == "wall-first":  # the two-stage anatomical pipeline (napari_gmmseg.wallfirst)
+        from napari_gmmseg.wallfirst import fit_wall_first
+
+        if not roi_mask.any():
+            raise RoiError("the region of interest is empty")
+        fit = fit_wall_first(
+            images,
+            roi_mask,
+            channels=channels,
+            seed=seed,
+            device=device,
+            prior=prior,
+            progress=progress,
+            should_stop=should_stop,
+            presence=not (presence is False or presence == "none"),  # its own lesion rule
+            **method_options,
+        )
+        fit.seconds = time.perf_counter() - t0
+        return fit
     counts = roi_mask.reshape(z_dim, -1).sum(1)
     total = int(counts.sum())
     if total == 0:
@@ -540,6 +559,8 @@ def segment_case(
         roi_arr = np.asarray(roi)
         roi_mask = roi_arr if roi_arr.dtype == bool else np.isin(roi_arr, np.asarray(roi_labels))
     kw.setdefault("channels", case.channels)
+    if kw.get("method") == "wall-first":
+        kw.setdefault("spacing_mm", case.spacing_mm)
     fit = segment(case.images, roi_mask, **kw)
     fit.params["case_id"] = case.case_id
     fit.params["roi"] = roi if isinstance(roi, str) or roi is None else "array"

@@ -30,6 +30,7 @@ __all__ = [
     "MIN_WALL_MM",
     "OPEN_RADIUS_MM",
     "RIM_MM",
+    "T2_POOL_MAX",
     "WallSplit",
     "endocardial_rim",
     "split_wall",
@@ -45,6 +46,10 @@ CENTRE_FRACTION: float = 0.5
 #: The pool stays at least this far (mm) inside the ROI border: no myocardium is thinner
 #: than ~2 mm, so the wall is a closed ring.
 MIN_WALL_MM: float = 2.0
+#: Pool pixels are at most this multiple of the ROI's T2 median: blood is T2-dark (about
+#: half of myocardium), edema and scar T2-bright (about 1.3x), and the ROI median lies
+#: near myocardium because the wall is more than half of most LV ROIs.
+T2_POOL_MAX: float = 1.0
 #: Width (mm) of the endocardial rim: wall pixels this close to the pool carry
 #: blood/myocardium partial volume (about one and a half pixels at MyoPS resolution).
 RIM_MM: float = 1.1
@@ -68,7 +73,9 @@ class WallSplit:
 
 
 def _disk(radius_px: float) -> np.ndarray:
-    r = max(int(np.floor(radius_px)), 1)
+    """Disk footprint of a radius in pixels, at least the 4-neighbour cross (radius 1)."""
+    radius_px = max(float(radius_px), 1.0)
+    r = int(np.floor(radius_px))
     yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
     return (yy**2 + xx**2) <= radius_px**2 + 1e-9
 
@@ -115,7 +122,12 @@ def _pool_of_slice(
     return ndi.binary_fill_holes(pool)
 
 
-def split_wall(bssfp: np.ndarray, roi: np.ndarray, spacing_mm: tuple[float, ...]) -> WallSplit:
+def split_wall(
+    bssfp: np.ndarray,
+    roi: np.ndarray,
+    spacing_mm: tuple[float, ...],
+    t2: np.ndarray | None = None,
+) -> WallSplit:
     """Split the ROI of every slice into blood pool and wall (module docstring).
 
     Parameters
@@ -126,6 +138,10 @@ def split_wall(bssfp: np.ndarray, roi: np.ndarray, spacing_mm: tuple[float, ...]
         ``(Z, Y, X)`` bool LV ROI (blood pool + myocardium).
     spacing_mm : tuple of float
         ``(z, y, x)`` voxel spacing in mm (the in-plane mean sets the disk radii).
+    t2 : numpy.ndarray, optional
+        ``(Z, Y, X)`` T2 on the same grid: pixels above :data:`T2_POOL_MAX` x the slice's
+        ROI median of T2 are never pool (blood is T2-dark, edema and scar T2-bright, and both
+        are brighter than myocardium on bSSFP too, so bSSFP alone lets them join the pool).
 
     Returns
     -------
@@ -151,11 +167,16 @@ def split_wall(bssfp: np.ndarray, roi: np.ndarray, spacing_mm: tuple[float, ...]
         if vals.size < 8 or np.ptp(vals) <= 0:
             continue
         thr[z] = _otsu(vals)
-        blood[z] = _pool_of_slice(roi[z] & (bssfp[z] > thr[z]), roi[z], pixel_mm, disk)
+        bright = roi[z] & (bssfp[z] > thr[z])
+        if t2 is not None and np.ptp(t2[z][roi[z]]) > 0:
+            bright &= t2[z] <= T2_POOL_MAX * np.median(t2[z][roi[z]])
+        blood[z] = _pool_of_slice(bright, roi[z], pixel_mm, disk)
     return WallSplit(blood=blood, wall=roi & ~blood, threshold=thr)
 
 
-def endocardial_rim(blood: np.ndarray, wall: np.ndarray, spacing_mm: tuple[float, ...]) -> np.ndarray:
+def endocardial_rim(
+    blood: np.ndarray, wall: np.ndarray, spacing_mm: tuple[float, ...]
+) -> np.ndarray:
     """``(Z, Y, X)`` bool wall pixels within :data:`RIM_MM` of the blood pool (in-plane)."""
     from scipy import ndimage as ndi
 

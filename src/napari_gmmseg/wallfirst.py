@@ -45,6 +45,7 @@ WALL_FIRST_OPTIONS: tuple[str, ...] = (
     "rim_rule",
     "presence",
     "wall_first",
+    "t2_veto",
     "spacing_mm",
 )
 
@@ -147,7 +148,9 @@ def fit_wall_first(
     t0 = time.perf_counter()
     unknown = sorted(set(options) - set(WALL_FIRST_OPTIONS))
     if unknown:
-        raise ModelError(f"unknown option(s) {unknown} for 'wall-first'; options are {WALL_FIRST_OPTIONS}")
+        raise ModelError(
+            f"unknown option(s) {unknown} for 'wall-first'; options are {WALL_FIRST_OPTIONS}"
+        )
     images = np.asarray(images)
     roi = np.asarray(roi, dtype=bool)
     if images.ndim != 4 or roi.shape != images.shape[:3]:
@@ -166,7 +169,8 @@ def fit_wall_first(
     dev = resolve_device(device)
 
     if wall_first:
-        split = split_wall(images[..., cols[0]], roi, spacing_mm)
+        t2 = images[..., cols[2]] if options.get("t2_veto", False) else None
+        split = split_wall(images[..., cols[0]], roi, spacing_mm, t2=t2)
         blood, wall = split.blood, split.wall
         model_region, classes, use_cols = wall, PATHOLOGY_CLASSES, cols[1:]
     else:  # ablation: no anatomical stage, 4 classes on all sequences in the whole ROI
@@ -198,9 +202,12 @@ def fit_wall_first(
         rim,
         rim_rule=bool(options.get("rim_rule", True)),
         presence=bool(options.get("presence", True)),
+        t2=xn[..., -1] if wall_first else None,
     )
     wall_values = np.asarray([CLASS_VALUES[CLASS_NAMES.index(c)] for c in PATHOLOGY_CLASSES])
-    labels = np.where(blood, 500, np.where(wall, wall_values[np.maximum(cls, 0)], 0)).astype(np.int32)
+    labels = np.where(blood, 500, np.where(wall, wall_values[np.maximum(cls, 0)], 0)).astype(
+        np.int32
+    )
     probabilities = np.zeros(roi.shape + (4,), dtype=np.float32)
     probabilities[..., 0] = blood
     probabilities[..., 1:] = soft * wall[..., None]

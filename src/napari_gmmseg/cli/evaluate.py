@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 #: Methods known to the engine (kept here so ``--help`` does not import torch).
-KNOWN_METHODS = ("gmm", "svgmm", "deepg", "deepsvg", "deepsvg-mu")
+KNOWN_METHODS = ("gmm", "svgmm", "deepg", "deepsvg", "deepsvg-mu", "wall-first")
 
 
 def add_method_options(parser: argparse.ArgumentParser) -> None:

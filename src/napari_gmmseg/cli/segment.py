@@ -6,7 +6,7 @@ import argparse
 import sys
 
 #: Kept here so ``--help`` does not import torch (same names as napari_gmmseg.segment.METHODS).
-_METHODS = ("gmm", "svgmm", "deepg", "deepsvg", "deepsvg-mu")
+_METHODS = ("gmm", "svgmm", "deepg", "deepsvg", "deepsvg-mu", "wall-first")
 _INITS = ("kmeans++", "random", "random_from_data", "linspace", "prior")
 
 
@@ -134,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
         options["weights"] = args.weights
     if args.max_epochs is not None:
         options["max_epochs"] = args.max_epochs
+    if args.method == "wall-first":
+        options["spacing_mm"] = case.spacing_mm  # its radii are in mm
 
     from napari_gmmseg.presence import resolve_rule, rule_from_args
 
