@@ -70,7 +70,7 @@ def test_select_and_bad_files(prior, tmp_path):
         prior.select("x", ("scar",), ("LGE",))
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"channels": ["LGE"], "classes": ["scar"], "means": [[1.0]]}))
-    with pytest.raises(ModelError, match="bad.json"):
+    with pytest.raises(ModelError, match=r"bad\.json"):
         load_tissue_prior(bad)
     with pytest.raises(ModelError, match="learned tissue prior"):
         load_tissue_prior(PriorTable(("LGE",), ("scar",), np.ones((1, 1))))

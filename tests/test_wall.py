@@ -21,7 +21,7 @@ def phantom_split():
 
 
 def test_pool_is_one_hole_free_component_inside_a_ring(phantom_split):
-    case, roi, split = phantom_split
+    _case, roi, split = phantom_split
     assert not (split.blood & split.wall).any()
     assert np.array_equal(split.blood | split.wall, roi)
     for z in range(roi.shape[0]):
@@ -47,7 +47,7 @@ def test_pool_and_wall_match_the_phantom_truth(phantom_split):
 
 
 def test_rim_is_wall_next_to_the_pool(phantom_split):
-    case, roi, split = phantom_split
+    case, _roi, split = phantom_split
     rim = endocardial_rim(split.blood, split.wall, case.spacing_mm)
     assert rim.any() and not (rim & ~split.wall).any()
     assert rim.sum() < 0.6 * split.wall.sum()

@@ -30,7 +30,6 @@ Rules applied after the fit (:func:`apply_rules`), each from what clinicians kno
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -237,7 +236,7 @@ def _fit_engine(wb: WallBatch, stats: Any, mixture: str, beta: float, seed: int)
     from napari_gmmseg.naming import PriorTable, name_components
     from napari_gmmseg.preprocess import SliceBatch
 
-    s, h, w, m = wb.x.shape
+    _s, _h, _w, m = wb.x.shape
     images = wb.x.cpu().numpy()
     mask = wb.mask.cpu().numpy()
     batch = SliceBatch.from_volume(images, mask, normalize="none", device=wb.x.device)

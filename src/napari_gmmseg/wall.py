@@ -181,6 +181,6 @@ def endocardial_rim(
     from scipy import ndimage as ndi
 
     pixel_mm = float(np.mean(spacing_mm[1:]))
-    st = np.zeros((3,) + _disk(RIM_MM / pixel_mm).shape, dtype=bool)
+    st = np.zeros((3, *_disk(RIM_MM / pixel_mm).shape), dtype=bool)
     st[1] = _disk(RIM_MM / pixel_mm)  # in-plane only: never reach into the next slice
     return ndi.binary_dilation(blood, structure=st) & wall

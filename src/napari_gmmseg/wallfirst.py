@@ -208,7 +208,7 @@ def fit_wall_first(
     labels = np.where(blood, 500, np.where(wall, wall_values[np.maximum(cls, 0)], 0)).astype(
         np.int32
     )
-    probabilities = np.zeros(roi.shape + (4,), dtype=np.float32)
+    probabilities = np.zeros((*roi.shape, 4), dtype=np.float32)
     probabilities[..., 0] = blood
     probabilities[..., 1:] = soft * wall[..., None]
 
