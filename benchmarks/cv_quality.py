@@ -38,7 +38,7 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "wall-first, engine svgmm as stage 2": ("wall-first", {"mixture": "svgmm"}),
     "wall-first, MRF on (beta 0.5)": ("wall-first", {"beta": 0.5}),
     "wall-first, strong prior (strength 0.5)": ("wall-first", {"strength": 0.5}),
-    "wall-first, presence off": ("wall-first", {"presence": False}),
+    "wall-first, presence off": ("wall-first", {"lesion_presence": False}),
     "wall-first, rim rule off": ("wall-first", {"rim_rule": False}),
     "wall-first, T2 veto in stage 1": ("wall-first", {"t2_veto": True}),
     "wall-first off (4-class MAP-EM in the ROI)": ("wall-first", {"wall_first": False}),

@@ -13,11 +13,9 @@ myocardium, 1220 edema, 2221 scar):
 4. :func:`napari_gmmseg.pathology.apply_rules` removes partial-volume scar on the
    endocardial rim and lesion classes too small to be present in a slice or the case.
 
-Options (all keyword): ``mixture`` (``"map-em"``, ``"gmm"``, ``"svgmm"``), ``strength``
-(prior weight, :data:`~napari_gmmseg.pathology.PRIOR_STRENGTH`), ``beta`` (MRF weight,
-0 switches the MRF off), ``rim_rule`` and ``presence`` (bool), ``wall_first`` (False:
-no stage 1, the whole ROI is modelled with a 4-class MAP-EM on all sequences, the
-ablation), ``spacing_mm``.
+Options: :class:`WallFirstOptions` (``mixture``, ``strength``, ``beta``, ``rim_rule``,
+``lesion_presence``, ``wall_first``, ``t2_veto``, ``spacing_mm``). It is the
+``"pipeline"`` family entry ``wall-first`` of :data:`napari_gmmseg.methods.METHODS`.
 """
 
 from __future__ import annotations
@@ -25,6 +23,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -32,22 +31,56 @@ import numpy as np
 from napari_gmmseg.errors import ModelError, RoiError
 from napari_gmmseg.fit import Fit, Progress
 from napari_gmmseg.labels import CLASS_NAMES, CLASS_VALUES
+from napari_gmmseg.pathology import MIXTURES, MRF_BETA, PRIOR_STRENGTH
 
-__all__ = ["METHOD_NAME", "WALL_FIRST_OPTIONS", "fit_wall_first"]
+__all__ = [
+    "METHOD_NAME",
+    "WALL_FIRST_OPTIONS",
+    "WallFirstOptions",
+    "fit_pipeline",
+    "fit_wall_first",
+]
 
 #: The name :func:`napari_gmmseg.segment.segment` dispatches to this pipeline.
 METHOD_NAME = "wall-first"
+
+
+@dataclass(frozen=True)
+class WallFirstOptions:
+    """Options of the wall-first pipeline (defaults: :mod:`napari_gmmseg.pathology` constants)."""
+
+    mixture: str = field(
+        default="map-em",
+        metadata={"help": "stage-2 mixture", "choices": MIXTURES},
+    )
+    strength: float = field(
+        default=PRIOR_STRENGTH,
+        metadata={"help": "prior weight (fraction of a slice's wall pixels)"},
+    )
+    beta: float = field(default=MRF_BETA, metadata={"help": "MRF weight inside the wall (0: off)"})
+    rim_rule: bool = field(
+        default=True, metadata={"help": "no partial-volume scar on the endocardial rim"}
+    )
+    lesion_presence: bool = field(
+        default=True, metadata={"help": "drop scar/edema under 2 percent of the wall (slice, case)"}
+    )
+    wall_first: bool = field(
+        default=True, metadata={"help": "stage 1 (False: 4-class MAP-EM in the whole ROI)"}
+    )
+    t2_veto: bool = field(default=False, metadata={"help": "T2-bright pixels are never pool"})
+    spacing_mm: Any = field(
+        default=None, metadata={"help": "voxel spacing (z, y, x)", "cli": False}
+    )
+
+    def __post_init__(self) -> None:
+        if self.mixture not in MIXTURES:
+            raise ModelError(f"unknown stage-2 mixture {self.mixture!r}; choose one of {MIXTURES}")
+        if self.strength < 0 or self.beta < 0:
+            raise ModelError(f"strength and beta must be >= 0, got {self.strength}, {self.beta}")
+
+
 #: Keyword options :func:`fit_wall_first` accepts.
-WALL_FIRST_OPTIONS: tuple[str, ...] = (
-    "mixture",
-    "strength",
-    "beta",
-    "rim_rule",
-    "presence",
-    "wall_first",
-    "t2_veto",
-    "spacing_mm",
-)
+WALL_FIRST_OPTIONS: tuple[str, ...] = tuple(WallFirstOptions.__dataclass_fields__)
 
 
 def _channel_columns(channels: Sequence[str], wanted: Sequence[str]) -> list[int]:
@@ -133,10 +166,8 @@ def fit_wall_first(
     import torch
 
     from napari_gmmseg.pathology import (
-        MRF_BETA,
         PATHOLOGY_CHANNELS,
         PATHOLOGY_CLASSES,
-        PRIOR_STRENGTH,
         WallBatch,
         apply_rules,
         fit_pathology,
@@ -151,25 +182,24 @@ def fit_wall_first(
         raise ModelError(
             f"unknown option(s) {unknown} for 'wall-first'; options are {WALL_FIRST_OPTIONS}"
         )
+    opts = WallFirstOptions(**options)
     images = np.asarray(images)
     roi = np.asarray(roi, dtype=bool)
     if images.ndim != 4 or roi.shape != images.shape[:3]:
         raise RoiError(f"ROI shape {roi.shape} does not fit images of shape {images.shape}")
-    spacing_mm = options.get("spacing_mm")
+    spacing_mm = opts.spacing_mm
     if spacing_mm is None:
         warnings.warn("wall-first without spacing_mm: assuming 1 mm pixels", stacklevel=2)
         spacing_mm = (1.0, 1.0, 1.0)
     spacing_mm = tuple(float(v) for v in spacing_mm)
-    wall_first = bool(options.get("wall_first", True))
-    mixture = str(options.get("mixture", "map-em"))
-    strength = float(options.get("strength", PRIOR_STRENGTH))
-    beta = float(options.get("beta", MRF_BETA))
+    wall_first, mixture = bool(opts.wall_first), opts.mixture
+    strength, beta = float(opts.strength), float(opts.beta)
     table = load_tissue_prior(prior)
     cols = _channel_columns(channels, ("bSSFP", *PATHOLOGY_CHANNELS))
     dev = resolve_device(device)
 
     if wall_first:
-        t2 = images[..., cols[2]] if options.get("t2_veto", False) else None
+        t2 = images[..., cols[2]] if opts.t2_veto else None
         split = split_wall(images[..., cols[0]], roi, spacing_mm, t2=t2)
         blood, wall = split.blood, split.wall
         model_region, classes, use_cols = wall, PATHOLOGY_CLASSES, cols[1:]
@@ -200,8 +230,8 @@ def fit_wall_first(
         soft,
         wall,
         rim,
-        rim_rule=bool(options.get("rim_rule", True)),
-        presence=bool(options.get("presence", True)),
+        rim_rule=bool(opts.rim_rule),
+        presence=bool(opts.lesion_presence),
         t2=xn[..., -1] if wall_first else None,
     )
     wall_values = np.asarray([CLASS_VALUES[CLASS_NAMES.index(c)] for c in PATHOLOGY_CLASSES])
@@ -227,8 +257,8 @@ def fit_wall_first(
         "mixture": mixture,
         "strength": strength,
         "beta": beta,
-        "rim_rule": bool(options.get("rim_rule", True)),
-        "presence": bool(options.get("presence", True)),
+        "rim_rule": bool(opts.rim_rule),
+        "lesion_presence": bool(opts.lesion_presence),
         "wall_first": wall_first,
         "spacing_mm": list(spacing_mm),
         "prior_source": dict(table.source),
@@ -253,3 +283,40 @@ def fit_wall_first(
     if progress is not None:
         progress(Progress(s, s, 1, finished=slices.copy(), partial=fit))
     return fit
+
+
+def fit_pipeline(
+    images: np.ndarray,
+    roi: np.ndarray,
+    *,
+    channels: Sequence[str],
+    options: WallFirstOptions,
+    seed: int = 0,
+    device: Any = "cpu",
+    prior: Any = None,
+    progress: Callable[[Progress], Any] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Fit:
+    """The registry's ``"pipeline"`` entry point: :func:`fit_wall_first` with typed options.
+
+    ``prior``: a :class:`~napari_gmmseg.prior.TissuePrior` (or its file); the engine's
+    default prior table (no learned statistics) stands for the shipped tissue prior.
+    """
+    import dataclasses
+
+    from napari_gmmseg.naming import DEFAULT_PRIOR
+
+    if prior is DEFAULT_PRIOR:
+        prior = None
+    kw = {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
+    return fit_wall_first(
+        images,
+        roi,
+        channels=channels,
+        seed=seed,
+        device=device,
+        prior=prior,
+        progress=progress,
+        should_stop=should_stop,
+        **kw,
+    )
