@@ -44,6 +44,11 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "wall-first off (4-class MAP-EM in the ROI)": ("wall-first", {"wall_first": False}),
     "wall-first off, prior off": ("wall-first", {"wall_first": False, "strength": 0.0}),
     "wall-first off, strong prior (0.5)": ("wall-first", {"wall_first": False, "strength": 0.5}),
+    "wall-first off, prior 1.0": ("wall-first", {"wall_first": False, "strength": 1.0}),
+    "wall-first off, prior 0.5, MRF 0.5": (
+        "wall-first",
+        {"wall_first": False, "strength": 0.5, "beta": 0.5},
+    ),
     "gmm (paper)": ("gmm", {}),
     "svgmm (paper)": ("svgmm", {}),
 }
