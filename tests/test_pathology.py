@@ -122,3 +122,19 @@ def test_real_case(real_data_dir):
     d = dice(fit.labels, gt, (500, (200, 1220, 2221), (1220, 2221)))
     assert d[0] > 0.7 and d[1] > 0.75 and d[2] > 0.3
     assert fit.seconds < 30
+
+
+def test_cli_segment_wall_first(tmp_path, phantom_prior):
+    from napari_gmmseg.cli import main
+    from napari_gmmseg.io import read_labels
+    from napari_gmmseg.phantom import write_dataset
+
+    paths = write_dataset(tmp_path / "ds", n_cases=1, seed=0, n_slices=3, size=80)[0]
+    prior = phantom_prior.save(tmp_path / "prior.json")
+    out = tmp_path / "seg.nii.gz"
+    argv = ["segment", "--bssfp", str(paths["bSSFP"]), "--lge", str(paths["LGE"])]
+    argv += ["--t2", str(paths["T2"]), "--roi", str(paths["mask"]), "--method", "wall-first"]
+    argv += ["--prior", str(prior), "--no-wall-first", "--strength", "0.5", "--out", str(out)]
+    assert main([*argv, "--quiet"]) == 0
+    labels = read_labels(out)
+    assert {500, 200, 2221} <= set(np.unique(labels).tolist())

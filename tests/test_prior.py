@@ -58,7 +58,7 @@ def test_json_round_trip_and_prior_table_readers(prior, tmp_path):
     with pytest.raises(OutputExistsError):
         prior.save(path)
     table = load_prior(path)  # the engine's prior-table reader takes the same file
-    assert isinstance(table, PriorTable)
+    assert isinstance(table, TissuePrior) and isinstance(table, PriorTable)
     np.testing.assert_allclose(table.means, prior.means)
 
 

@@ -204,7 +204,9 @@ class TissuePrior(PriorTable):
     def from_dict(cls, data: dict) -> TissuePrior:
         """Parse a learned-prior dict (``channels``, ``classes``, ``means``, ``stats``)."""
         try:
-            table = PriorTable.from_dict(data)
+            table = PriorTable(
+                tuple(data["channels"]), tuple(data["classes"]), np.asarray(data["means"])
+            )
             k, m = table.means.shape
             stats = {str(n): ClassStats.from_dict(s, k, m) for n, s in data["stats"].items()}
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
