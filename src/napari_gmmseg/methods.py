@@ -296,7 +296,13 @@ class MethodSpec:
         return option in {f.name for f in dataclasses.fields(self.options)}
 
 
-#: Every method, in the paper's order.
+def _wall_first_options() -> type:
+    from napari_gmmseg.wallfirst import WallFirstOptions  # numpy only: no torch here
+
+    return WallFirstOptions
+
+
+#: Every method, in the paper's order, then the wall-first pipeline.
 METHODS: dict[str, MethodSpec] = {
     spec.name: spec
     for spec in (
@@ -341,6 +347,15 @@ METHODS: dict[str, MethodSpec] = {
             "deepSVG pulled toward prior class means mu_data; trainable on a dataset "
             "(Algorithms 3, 4)",
             prior_means_as_mu_data=True,
+        ),
+        MethodSpec(
+            "wall-first",
+            "wall-first",
+            "pipeline",
+            _wall_first_options(),
+            "napari_gmmseg.wallfirst:fit_pipeline",
+            "stage 1 splits the ROI into blood pool and wall (bSSFP), stage 2 fits healthy / "
+            "edema / scar on LGE + T2 inside the wall anchored to a learned prior (MAP-EM)",
         ),
     )
 }

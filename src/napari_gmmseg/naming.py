@@ -125,7 +125,15 @@ class PriorTable:
 
     @classmethod
     def from_dict(cls, data: dict) -> PriorTable:
-        """Build from ``{"channels": [...], "classes": [...], "means": [[...]]}`` (extra keys ignored)."""
+        """Build from ``{"channels": [...], "classes": [...], "means": [[...]]}`` (extra keys ignored).
+
+        A dict with learned ``stats`` (``napari-gmmseg prior``) gives a
+        :class:`~napari_gmmseg.prior.TissuePrior`, which is a prior table too.
+        """
+        if cls is PriorTable and isinstance(data, dict) and "stats" in data:
+            from napari_gmmseg.prior import TissuePrior
+
+            return TissuePrior.from_dict(data)
         try:
             return cls(tuple(data["channels"]), tuple(data["classes"]), np.asarray(data["means"]))
         except (KeyError, TypeError, ValueError) as exc:

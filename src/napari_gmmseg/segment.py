@@ -598,6 +598,8 @@ def segment_case(
         roi_arr = np.asarray(roi)
         roi_mask = roi_arr if roi_arr.dtype == bool else np.isin(roi_arr, np.asarray(roi_labels))
     kw.setdefault("channels", case.channels)
+    if get_method(kw.get("method", "gmm")).accepts("spacing_mm"):
+        kw.setdefault("spacing_mm", case.spacing_mm)  # pipelines with radii in mm
     fit = segment(case.images, roi_mask, **kw)
     fit.params["case_id"] = case.case_id
     fit.params["roi"] = roi if isinstance(roi, str) or roi is None else "array"

@@ -133,6 +133,10 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
 
+    from napari_gmmseg.methods import get_method
+
+    if get_method(args.method).accepts("spacing_mm"):
+        options["spacing_mm"] = case.spacing_mm  # the wall-first radii are in mm
     fit = segment(
         case.images,
         roi,
