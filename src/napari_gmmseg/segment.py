@@ -22,7 +22,13 @@ from napari_gmmseg._json import jsonable
 from napari_gmmseg.errors import ModelError, RoiError
 from napari_gmmseg.fit import Fit, Progress
 from napari_gmmseg.labels import CLASS_VALUES, CLASSES, LV_ROI_VALUES
-from napari_gmmseg.methods import COVARIANCE_TYPES, MethodSpec, check_choice, get_method
+from napari_gmmseg.methods import (
+    COVARIANCE_TYPES,
+    DEFAULT_METHOD,
+    MethodSpec,
+    check_choice,
+    get_method,
+)
 from napari_gmmseg.methods import METHODS as _REGISTRY
 
 __all__ = ["DEEP_METHODS", "EM_METHODS", "EM_OPTIONS", "METHODS", "segment", "segment_case"]
@@ -176,7 +182,7 @@ def segment(
     roi: np.ndarray | None = None,
     *,
     channels: Sequence[str] | None = None,
-    method: str = "gmm",
+    method: str = DEFAULT_METHOD,
     n_classes: int = 4,
     covariance_type: str = "diag",
     init: str = "kmeans++",
@@ -204,8 +210,9 @@ def segment(
     channels : sequence of str, optional
         Sequence name of every channel (``bSSFP``/``C0``, ``LGE``/``DE``, ``T2``); default
         ``("bSSFP", "LGE", "T2")`` for three channels. Used to name the components.
-    method : str, default "gmm"
-        One of :data:`METHODS`.
+    method : str, default "gmm-prior"
+        One of :data:`METHODS` (:data:`napari_gmmseg.methods.DEFAULT_METHOD`: the best
+        cross-validated method; ``"gmm"`` etc. are the paper's, unchanged).
     n_classes : int, default 4
         Mixture components K.
     covariance_type : {"diag", "full"}, default "diag"
@@ -288,6 +295,7 @@ def segment(
             progress=progress,
             should_stop=should_stop,
         )
+        fit.method = fit.params["method"] = spec.name  # one pipeline may serve several entries
     else:
         fit = _fit_and_name(spec, req, init, tol, max_iter, seed, progress, should_stop, t0)
     if req.rule is not None:
@@ -598,7 +606,7 @@ def segment_case(
         roi_arr = np.asarray(roi)
         roi_mask = roi_arr if roi_arr.dtype == bool else np.isin(roi_arr, np.asarray(roi_labels))
     kw.setdefault("channels", case.channels)
-    if get_method(kw.get("method", "gmm")).accepts("spacing_mm"):
+    if get_method(kw.get("method", DEFAULT_METHOD)).accepts("spacing_mm"):
         kw.setdefault("spacing_mm", case.spacing_mm)  # pipelines with radii in mm
     fit = segment(case.images, roi_mask, **kw)
     fit.params["case_id"] = case.case_id

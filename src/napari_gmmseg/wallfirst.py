@@ -34,8 +34,10 @@ from napari_gmmseg.labels import CLASS_NAMES, CLASS_VALUES
 from napari_gmmseg.pathology import MIXTURES, MRF_BETA, PRIOR_STRENGTH
 
 __all__ = [
+    "DEFAULT_PRIOR_STRENGTH",
     "METHOD_NAME",
     "WALL_FIRST_OPTIONS",
+    "PriorGMMOptions",
     "WallFirstOptions",
     "fit_pipeline",
     "fit_wall_first",
@@ -77,6 +79,30 @@ class WallFirstOptions:
             raise ModelError(f"unknown stage-2 mixture {self.mixture!r}; choose one of {MIXTURES}")
         if self.strength < 0 or self.beta < 0:
             raise ModelError(f"strength and beta must be >= 0, got {self.strength}, {self.beta}")
+
+
+#: Prior strength of the default method ``gmm-prior`` (pseudo-pixels as a fraction of
+#: each slice's ROI). 0.5 and 1.0 scored alike leave-one-case-out on myops_dev
+#: (docs/quality.md, section 6); 0.05, the wall-first default, anchors less.
+DEFAULT_PRIOR_STRENGTH: float = 0.5
+
+
+@dataclass(frozen=True)
+class PriorGMMOptions(WallFirstOptions):
+    """Options of ``gmm-prior``: :class:`WallFirstOptions` with the anatomical stage off.
+
+    One 4-class MAP-EM on bSSFP, LGE and T2 in the whole ROI, anchored to the learned
+    tissue prior with strength :data:`DEFAULT_PRIOR_STRENGTH`: the best configuration by
+    the as-named metrics, cross-validated leave-one-case-out on myops_dev.
+    """
+
+    strength: float = field(
+        default=DEFAULT_PRIOR_STRENGTH,
+        metadata={"help": "prior weight (fraction of a slice's ROI pixels)"},
+    )
+    wall_first: bool = field(
+        default=False, metadata={"help": "stage 1: fit the lesions inside a bSSFP wall only"}
+    )
 
 
 #: Keyword options :func:`fit_wall_first` accepts.

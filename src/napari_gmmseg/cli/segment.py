@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from napari_gmmseg.methods import COVARIANCE_TYPES, INITS, METHODS
+from napari_gmmseg.methods import COVARIANCE_TYPES, DEFAULT_METHOD, INITS, METHODS
 
 
 def register(subparsers) -> None:
@@ -45,7 +45,12 @@ def register(subparsers) -> None:
     g.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     g.add_argument("--quiet", action="store_true", help="no progress or summary on stderr/stdout")
     m = p.add_argument_group("method")
-    m.add_argument("--method", choices=tuple(METHODS), default="gmm")
+    m.add_argument(
+        "--method",
+        choices=tuple(METHODS),
+        default=DEFAULT_METHOD,
+        help=f"default {DEFAULT_METHOD} (best cross-validated); gmm, svgmm, ... are the paper's",
+    )
     m.add_argument("--classes", type=int, default=4, help="mixture components K")
     m.add_argument("--init", choices=INITS, default="kmeans++", help="EM initialisation")
     m.add_argument(
