@@ -32,7 +32,14 @@ import numpy as np
 
 #: name -> (method, options): the default pipeline, its ablations and the paper's methods.
 CONFIGS: dict[str, tuple[str, dict]] = {
-    "wall-first (default)": ("wall-first", {}),
+    "gmm-prior (default)": ("gmm-prior", {}),
+    "gmm-prior, prior off (ML EM from prior means)": ("gmm-prior", {"strength": 0.0}),
+    "gmm-prior, prior 1.0": ("gmm-prior", {"strength": 1.0}),
+    "gmm-prior, presence off": ("gmm-prior", {"lesion_presence": False}),
+    "gmm-prior, rim rule off": ("gmm-prior", {"rim_rule": False}),
+    "gmm-prior, MRF on (beta 0.5)": ("gmm-prior", {"beta": 0.5}),
+    "gmm-prior + wall-first stage 1": ("gmm-prior", {"wall_first": True}),
+    "wall-first": ("wall-first", {}),
     "wall-first, prior off (ML EM from prior means)": ("wall-first", {"strength": 0.0}),
     "wall-first, engine gmm as stage 2": ("wall-first", {"mixture": "gmm"}),
     "wall-first, engine svgmm as stage 2": ("wall-first", {"mixture": "svgmm"}),
@@ -41,14 +48,6 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "wall-first, presence off": ("wall-first", {"lesion_presence": False}),
     "wall-first, rim rule off": ("wall-first", {"rim_rule": False}),
     "wall-first, T2 veto in stage 1": ("wall-first", {"t2_veto": True}),
-    "wall-first off (4-class MAP-EM in the ROI)": ("wall-first", {"wall_first": False}),
-    "wall-first off, prior off": ("wall-first", {"wall_first": False, "strength": 0.0}),
-    "wall-first off, strong prior (0.5)": ("wall-first", {"wall_first": False, "strength": 0.5}),
-    "wall-first off, prior 1.0": ("wall-first", {"wall_first": False, "strength": 1.0}),
-    "wall-first off, prior 0.5, MRF 0.5": (
-        "wall-first",
-        {"wall_first": False, "strength": 0.5, "beta": 0.5},
-    ),
     "gmm (paper)": ("gmm", {}),
     "svgmm (paper)": ("svgmm", {}),
 }
