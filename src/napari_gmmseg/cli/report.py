@@ -36,6 +36,7 @@ def _read_on_grid(path: str, geometry, what: str, labels: bool):
 def _run(args: argparse.Namespace) -> int:
     from napari_gmmseg.errors import GeometryError
     from napari_gmmseg.io import load_case, read_labels
+    from napari_gmmseg.labels import RV
     from napari_gmmseg.report import REPORT_FILES, compute_report, write_report
     from napari_gmmseg.report.writer import check_outputs
 
@@ -59,10 +60,12 @@ def _run(args: argparse.Namespace) -> int:
             image = _read_on_grid(path, geometry, "the image", labels=False)
     manual = None
     kw = {"rv_insertion_xyz": point, "apex": args.apex}
+    rv = None  # a segmentation has no RV (600): take it from the manual mask
     if args.mask:
         mlab = _read_on_grid(args.mask, geometry, "the manual mask", labels=True)
         manual = (compute_report(mlab, geometry.spacing_mm, geometry.affine, **kw), mlab)
-    rep = compute_report(labels, geometry.spacing_mm, geometry.affine, **kw)
+        rv = mlab == RV.value
+    rep = compute_report(labels, geometry.spacing_mm, geometry.affine, rv_zyx=rv, **kw)
     title = args.title or Path(args.labels).name
     files = write_report(
         out,
@@ -78,7 +81,7 @@ def _run(args: argparse.Namespace) -> int:
     print(
         f"LV myocardium {t['myocardium_ml']:.1f} mL, scar {t['scar_ml']:.1f} mL "
         f"({t['scar_pct']:.1f} %), edema {t['edema_ml']:.1f} mL ({t['edema_pct']:.1f} %); "
-        f"apex at the {rep.meta['apex']}"
+        f"apex at the {rep.meta['apex']} ({rep.meta['apex_rule']})"
     )
     for f in rep.frames:
         if f.source != "rv":

@@ -101,6 +101,7 @@ def compute_report(
     affine: np.ndarray,
     *,
     rv_insertion_xyz: Sequence[float] | None = None,
+    rv_zyx: np.ndarray | None = None,
     apex: str = "auto",
     contact_mm: float = CONTACT_MM,
 ) -> CaseReport:
@@ -116,6 +117,9 @@ def compute_report(
         4x4 NIfTI affine (``Geometry.affine``): fixes the handedness.
     rv_insertion_xyz : sequence of float, optional
         Anterior RV insertion point, voxel ``(x, y, z)``, for slices without label 600.
+    rv_zyx : numpy.ndarray, optional
+        ``(Z, Y, X)`` bool RV blood pool from another map (the manual mask), used when
+        ``labels_zyx`` holds no label 600 (segmentations do not).
     apex : {"auto", "first", "last"}
         Apex end of the stack (default: from the LV area trend).
     contact_mm : float
@@ -128,11 +132,12 @@ def compute_report(
     labels_zyx = np.asarray(labels_zyx)
     if labels_zyx.ndim != 3:
         raise ValueError(f"labels must be (Z, Y, X), got shape {labels_zyx.shape}")
-    frames, apex_last, hand = orient_slices(
+    frames, apex_last, hand, apex_rule = orient_slices(
         labels_zyx,
         spacing_mm,
         affine,
         rv_insertion_xyz=rv_insertion_xyz,
+        rv_zyx=rv_zyx,
         apex=apex,
         contact_mm=contact_mm,
     )
@@ -153,9 +158,9 @@ def compute_report(
             "name": SEGMENT_NAMES[s],
             "level": SEGMENT_LEVEL[s],
             "present": s in present,
-            "myocardium_ml": myo,
-            "scar_ml": per_seg["scar_ml"][i],
-            "edema_ml": per_seg["edema_ml"][i],
+            "myocardium_ml": float(myo),
+            "scar_ml": float(per_seg["scar_ml"][i]),
+            "edema_ml": float(per_seg["edema_ml"][i]),
             "scar_pct": float(percent(per_seg["scar_ml"][i], myo)),
             "edema_pct": float(percent(per_seg["edema_ml"][i], myo)),
         }
@@ -174,9 +179,9 @@ def compute_report(
                 "slice": f.z,
                 "level": levels[f.z],
                 "orientation": f.source,
-                "myocardium_ml": myo,
-                "scar_ml": per_z["scar_ml"][f.z],
-                "edema_ml": per_z["edema_ml"][f.z],
+                "myocardium_ml": float(myo),
+                "scar_ml": float(per_z["scar_ml"][f.z]),
+                "edema_ml": float(per_z["edema_ml"][f.z]),
                 "scar_pct": float(percent(per_z["scar_ml"][f.z], myo)),
                 "edema_pct": float(percent(per_z["edema_ml"][f.z], myo)),
                 "scar_transmurality_pct": float(tm_z["scar_transmurality_pct"][f.z]),
@@ -186,5 +191,9 @@ def compute_report(
     tot = {k: float(v.sum()) for k, v in per_z.items()}
     tot["scar_pct"] = float(percent(tot["scar_ml"], tot["myocardium_ml"]))
     tot["edema_pct"] = float(percent(tot["edema_ml"], tot["myocardium_ml"]))
-    meta = {"apex": "last slice" if apex_last else "first slice", "handedness": hand}
+    meta = {
+        "apex": "last slice" if apex_last else "first slice",
+        "apex_rule": apex_rule,
+        "handedness": hand,
+    }
     return CaseReport(seg, segments, slices, tot, frames, apex_last, hand, chords, meta)

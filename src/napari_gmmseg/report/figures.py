@@ -251,7 +251,7 @@ def report_figure(
         + (", ".join(f"{s}: {tm[s - 1]:.0f}" for s in scarred) or "no scar")
     )
     lines.append(
-        f"orientation: apex at the {rep.meta['apex']}; septum from the RV insertion points "
+        f"orientation: apex at the {rep.meta['apex']} ({rep.meta['apex_rule']}); septum from the RV insertion points "
         "(label 600) or the given point;\n             segments counter-clockwise viewed from "
         "the apex (AHA 2002); views: anterior up, septum left"
     )
