@@ -4,10 +4,11 @@ Rules (written once here and in ``docs/report.md``):
 
 * **Apex end.**  The LV long axis points from the base to the apex towards the
   patient's left, anterior and inferior: ``APEX_RAS = (-1, 1, -1) / sqrt(3)`` in
-  NIfTI RAS world coordinates.  When the slice axis of the affine is within 60
-  degrees of that line (``|a_z . APEX_RAS| >= 0.5``, true of any scanner
+  NIfTI RAS world coordinates.  When the slice axis of the affine is within 45
+  degrees of that line (``|a_z . APEX_RAS| >= 0.7``, true of a scanner
   short-axis stack: 0.90-1.00 on the 15 MyoPS development cases) its sign says
-  which end is the apex.  Otherwise (an axis-aligned or synthetic affine) the
+  which end is the apex.  Otherwise (an axis-aligned affine, 0.58, often a
+  placeholder, or a synthetic one: 0.15-0.43 on the phantom) the
   anatomy decides: the LV and RV cross-sections (labels 500, 200, 1220, 2221 and
   600) shrink towards the apex, so a negative slope of a least-squares line of
   their area against slice index puts the apex at the last slice.
@@ -63,7 +64,7 @@ SEPTUM_DEG: float = 120.0
 #: World (RAS) direction from the base to the apex: left, anterior, inferior.
 APEX_RAS: np.ndarray = np.array([-1.0, 1.0, -1.0]) / np.sqrt(3.0)
 #: Smallest ``|cos|`` between the slice axis and ``APEX_RAS`` for the world rule.
-WORLD_AXIS_MIN_COS: float = 0.5
+WORLD_AXIS_MIN_COS: float = 0.7
 
 
 class OrientationError(GmmSegError, ValueError):
