@@ -236,3 +236,35 @@ def test_real_mask_sums_septum_and_range(real_data_dir):
         d = distance_transform_edt(lab[z] != 600, sampling=geo.spacing_mm[1:])
         near[z] = myo[z] & (d <= CONTACT_MM)
     assert np.isin(rep.segments_zyx[near], SEPTAL_SEGMENTS).mean() > 0.8
+
+
+def test_segment_errors_on_the_reference_sectors(tmp_path):
+    from types import SimpleNamespace
+
+    from napari_gmmseg.report.compare import segment_errors, write_segment_errors
+
+    gt = ring_case()
+    geo = _geometry(gt)
+    same = segment_errors(gt, gt, geo.spacing_mm, geo.affine)
+    assert [r["segment"] for r in same] == list(range(1, 18))  # the ring has a cap (17)
+    assert all(abs(r["error_scar_ml"]) < 1e-12 and abs(r["error_edema_pct"]) < 1e-12 for r in same)
+    pred = np.where(gt == 600, 0, gt)  # a segmentation has no RV: the mask's sectors are used
+    pred[(pred == 2221)] = 200  # it misses the scar
+    rows = segment_errors(pred, gt, geo.spacing_mm, geo.affine)
+    by = {r["segment"]: r for r in rows}
+    assert by[4]["error_scar_ml"] == pytest.approx(-by[4]["gt_scar_ml"])
+    assert by[4]["gt_scar_ml"] > 0 and by[1]["error_scar_ml"] == 0
+    assert by[4]["error_myocardium_ml"] == pytest.approx(0.0)
+    # the evaluate hook: one row per (case, method, segment), MAE per method
+    mask = save_labels(gt, geo, tmp_path / "c1_gd.nii.gz")
+    seg = save_labels(pred, geo, tmp_path / "c1_gmm.nii.gz")
+    outcome = SimpleNamespace(case_id="c1", method="gmm", status="segmented", label_path=seg)
+    path, mae = write_segment_errors(
+        [outcome], [SimpleNamespace(case_id="c1", mask=mask)], tmp_path / "segments.csv"
+    )
+    with open(path) as fh:
+        got = list(csv.DictReader(fh))
+    assert len(got) == len(rows) and got[0]["case"] == "c1"
+    assert mae["gmm"]["scar_pct"] == pytest.approx(
+        np.mean([abs(r["error_scar_pct"]) for r in rows])
+    )

@@ -95,6 +95,26 @@ class CaseReport:
         return np.array([np.nan if r[name] is None else r[name] for r in self.segments], float)
 
 
+def _frames_from(
+    reference: CaseReport, labels_zyx: np.ndarray
+) -> tuple[list[SliceFrame], dict[int, str]]:
+    """The reference's frames and levels on the slices of ``labels_zyx`` that hold myocardium."""
+    from dataclasses import replace
+
+    from napari_gmmseg.report.orientation import MYOCARDIUM_VALUES
+
+    if not reference.frames:
+        return [], {}
+    ref = {f.z: f for f in reference.frames}
+    ref_level = {s["slice"]: s["level"] for s in reference.slices}
+    frames, levels = [], {}
+    for z in np.flatnonzero(np.isin(labels_zyx, MYOCARDIUM_VALUES).any(axis=(1, 2))):
+        near = min(ref, key=lambda k: abs(k - int(z)))
+        frames.append(replace(ref[near], z=int(z)))
+        levels[int(z)] = ref_level[near]
+    return frames, levels
+
+
 def compute_report(
     labels_zyx: np.ndarray,
     spacing_mm: Sequence[float],
@@ -104,6 +124,7 @@ def compute_report(
     rv_zyx: np.ndarray | None = None,
     apex: str = "auto",
     contact_mm: float = CONTACT_MM,
+    reference: CaseReport | None = None,
 ) -> CaseReport:
     """AHA segments, burden and transmurality of a MyoPS label map.
 
@@ -124,6 +145,10 @@ def compute_report(
         Apex end of the stack (default: from the LV area trend).
     contact_mm : float
         RV contact distance in mm.
+    reference : CaseReport, optional
+        Reuse this report's slice frames, levels and handedness (the manual mask's,
+        so a segmentation is measured on the same sectors); a slice the reference
+        lacks takes the frame and level of its nearest reference slice.
 
     Returns
     -------
@@ -132,16 +157,20 @@ def compute_report(
     labels_zyx = np.asarray(labels_zyx)
     if labels_zyx.ndim != 3:
         raise ValueError(f"labels must be (Z, Y, X), got shape {labels_zyx.shape}")
-    frames, apex_last, hand, apex_rule = orient_slices(
-        labels_zyx,
-        spacing_mm,
-        affine,
-        rv_insertion_xyz=rv_insertion_xyz,
-        rv_zyx=rv_zyx,
-        apex=apex,
-        contact_mm=contact_mm,
-    )
-    levels = assign_levels(labels_zyx, [f.z for f in frames], apex_last)
+    if reference is None:
+        frames, apex_last, hand, apex_rule = orient_slices(
+            labels_zyx,
+            spacing_mm,
+            affine,
+            rv_insertion_xyz=rv_insertion_xyz,
+            rv_zyx=rv_zyx,
+            apex=apex,
+            contact_mm=contact_mm,
+        )
+        levels = assign_levels(labels_zyx, [f.z for f in frames], apex_last)
+    else:
+        frames, levels = _frames_from(reference, labels_zyx)
+        apex_last, hand, apex_rule = reference.apex_last, reference.hand, "reference"
     seg = segment_map(labels_zyx, spacing_mm, frames, levels, hand)
     voxel_ml = float(np.prod(np.asarray(spacing_mm, dtype=np.float64))) / 1000.0
     chords = chord_transmurality(labels_zyx, spacing_mm, frames, levels, hand)
