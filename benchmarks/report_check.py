@@ -113,7 +113,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("dataset", nargs="?", default=str(ROOT.parent / "shared/data/myops_dev"))
     p.add_argument("--min-septal", type=float, default=80.0, help="%% required per case")
-    p.add_argument("--save-case", default=None, help="case id whose bullseye/report go to --docs")
+    p.add_argument("--save-case", default=None, help="case id whose bullseye goes to --docs")
     p.add_argument("--docs", default=str(ROOT / "docs"))
     args = p.parse_args(argv)
     t0 = time.perf_counter()
@@ -149,28 +149,17 @@ def main(argv=None) -> int:
         f"{len(results)}: {'all checks pass' if ok else 'SOME CHECKS FAIL'}"
     )
     if args.save_case:
-        save_docs(args.dataset, args.save_case, results[args.save_case], Path(args.docs))
+        save_docs(args.save_case, results[args.save_case], Path(args.docs))
     return 0 if ok else 1
 
 
-def save_docs(dataset: str, case_id: str, r: dict, docs: Path) -> None:
-    """Write docs/bullseye_real.png and docs/report_real.png for one case (manual mask)."""
-    from napari_gmmseg.report.figures import bullseye_figure, report_figure
+def save_docs(case_id: str, r: dict, docs: Path) -> None:
+    """Write docs/bullseye_real.png for one case (manual mask)."""
+    from napari_gmmseg.report.figures import bullseye_figure
 
-    src = next(s for s in discover_cases(dataset) if s.case_id == case_id)
-    case = src.load()
-    fig = bullseye_figure([(f"MyoPS {case_id}, manual mask", r["rep"])])
-    fig.set_dpi(80)
-    fig.savefig(docs / "bullseye_real.png", dpi=80)
-    page = report_figure(
-        r["rep"],
-        r["labels"],
-        r["geometry"].spacing_mm,
-        image_zyx=case.image("LGE"),
-        title=f"MyoPS case {case_id}: manual mask (LGE under the overlays)",
-    )
-    page.savefig(docs / "report_real.png", dpi=80)
-    print(f"wrote {docs / 'bullseye_real.png'} and {docs / 'report_real.png'}")
+    fig = bullseye_figure([(f"MyoPS case {case_id}, manual mask", r["rep"])])
+    fig.savefig(docs / "bullseye_real.png", dpi=90)
+    print(f"wrote {docs / 'bullseye_real.png'}")
 
 
 if __name__ == "__main__":

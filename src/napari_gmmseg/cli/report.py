@@ -36,7 +36,6 @@ def _read_on_grid(path: str, geometry, what: str, labels: bool):
 def _run(args: argparse.Namespace) -> int:
     from napari_gmmseg.errors import GeometryError
     from napari_gmmseg.io import load_case, read_labels
-    from napari_gmmseg.labels import RV
     from napari_gmmseg.report import REPORT_FILES, compute_report, write_report
     from napari_gmmseg.report.writer import check_outputs
 
@@ -60,12 +59,12 @@ def _run(args: argparse.Namespace) -> int:
             image = _read_on_grid(path, geometry, "the image", labels=False)
     manual = None
     kw = {"rv_insertion_xyz": point, "apex": args.apex}
-    rv = None  # a segmentation has no RV (600): take it from the manual mask
+    ref = None  # with a manual mask both maps are measured on the mask's sectors
     if args.mask:
         mlab = _read_on_grid(args.mask, geometry, "the manual mask", labels=True)
-        manual = (compute_report(mlab, geometry.spacing_mm, geometry.affine, **kw), mlab)
-        rv = mlab == RV.value
-    rep = compute_report(labels, geometry.spacing_mm, geometry.affine, rv_zyx=rv, **kw)
+        ref = compute_report(mlab, geometry.spacing_mm, geometry.affine, **kw)
+        manual = (ref, mlab)
+    rep = compute_report(labels, geometry.spacing_mm, geometry.affine, reference=ref, **kw)
     title = args.title or Path(args.labels).name
     files = write_report(
         out,
@@ -114,7 +113,10 @@ def register(subparsers) -> None:
     p.add_argument("--bssfp", default=None, help="bSSFP image for the overlays")
     p.add_argument("--t2", default=None, help="T2 image for the overlays")
     p.add_argument(
-        "--mask", default=None, help="manual mask: its numbers are reported side by side"
+        "--mask",
+        default=None,
+        help="manual mask: its numbers are reported side by side, both maps measured on the "
+        "mask's sectors (its LV centres and RV insertion points)",
     )
     p.add_argument(
         "--rv-insertion",

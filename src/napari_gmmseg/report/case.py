@@ -170,7 +170,8 @@ def compute_report(
         levels = assign_levels(labels_zyx, [f.z for f in frames], apex_last)
     else:
         frames, levels = _frames_from(reference, labels_zyx)
-        apex_last, hand, apex_rule = reference.apex_last, reference.hand, "reference"
+        apex_last, hand = reference.apex_last, reference.hand
+        apex_rule = str(reference.meta.get("apex_rule", "reference"))
     seg = segment_map(labels_zyx, spacing_mm, frames, levels, hand)
     voxel_ml = float(np.prod(np.asarray(spacing_mm, dtype=np.float64))) / 1000.0
     chords = chord_transmurality(labels_zyx, spacing_mm, frames, levels, hand)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_gmmseg.labels import EDEMA, SCAR
+from napari_gmmseg.labels import EDEMA, RV, SCAR
 from napari_gmmseg.report.orientation import MYOCARDIUM_VALUES
 
 __all__ = ["bullseye_figure", "draw_bullseye", "report_figure", "standard_view"]
@@ -103,13 +103,15 @@ def draw_bullseye(
     return sm
 
 
-def bullseye_figure(reports: Sequence[tuple[str, Any]], fig: Any = None) -> Any:
-    """Scar and edema (% of segment) bullseyes, one row per ``(title, CaseReport)``."""
+def bullseye_figure(reports: Sequence[tuple[str, Any]], fig: Any = None, title: str = "") -> Any:
+    """Scar and edema (% of segment) bullseyes, one row per ``(name, CaseReport)``."""
     from matplotlib.figure import Figure
 
     n = len(reports)
     if fig is None:
-        fig = Figure(figsize=(6.4, 3.0 * n), dpi=110)
+        fig = Figure(figsize=(7.6, 3.4 * n + 0.4), dpi=110, layout="constrained")
+    if title:
+        fig.suptitle(title, fontsize=10)
     axes = fig.subplots(n, 2, squeeze=False)
     for row, (name, rep) in enumerate(reports):
         for col, (key, label, cmap) in enumerate(
@@ -117,9 +119,9 @@ def bullseye_figure(reports: Sequence[tuple[str, Any]], fig: Any = None) -> Any:
         ):
             ax = axes[row, col]
             sm = draw_bullseye(
-                ax, rep.column(key), title=f"{name}: {label} % of segment", cmap=cmap
+                ax, rep.column(key), title=f"{name}\n{label} (% of segment)", cmap=cmap
             )
-            fig.colorbar(sm, ax=ax, fraction=0.046, pad=0.02, label=f"{label} (% of segment)")
+            fig.colorbar(sm, ax=ax, fraction=0.046, pad=0.04, label="%")
     return fig
 
 
@@ -159,6 +161,7 @@ def _overlay(ax: Any, image: np.ndarray | None, labels: np.ndarray, segs: np.nda
     tint = np.zeros((*labels.shape, 4), dtype=np.float32)
     tint[labels == SCAR.value] = (*SCAR.color[:3], 0.55)
     tint[labels == EDEMA.value] = (*EDEMA.color[:3], 0.45)
+    tint[labels == RV.value] = (*RV.color[:3], 0.30)
     ax.imshow(tint, interpolation="nearest")
     edge = np.zeros(segs.shape, dtype=bool)
     edge[:-1] |= segs[:-1] != segs[1:]
@@ -178,6 +181,32 @@ def _totals_text(name: str, rep: Any) -> str:
         f"{name}: LV myocardium {t['myocardium_ml']:.1f} mL | scar {t['scar_ml']:.1f} mL "
         f"({t['scar_pct']:.1f} %) | edema {t['edema_ml']:.1f} mL ({t['edema_pct']:.1f} %)"
     )
+
+
+def _segment_table(ax: Any, reports: Sequence[tuple[str, Any]]) -> None:
+    """Per-segment scar %, edema % and scar transmurality % of each report, as a table."""
+    present = [s for s in range(1, 18) if any(r.segments[s - 1]["present"] for _, r in reports)]
+    cells, names = [], []
+    for key, label in (
+        ("scar_pct", "scar %"),
+        ("edema_pct", "edema %"),
+        ("scar_transmurality_pct", "scar transmurality %"),
+    ):
+        for name, r in reports:
+            col = r.column(key)
+            cells.append(
+                ["–" if not np.isfinite(col[s - 1]) else f"{col[s - 1]:.0f}" for s in present]
+            )
+            names.append(f"{label} ({name})" if len(reports) > 1 else label)
+    table = ax.table(
+        cellText=cells,
+        rowLabels=names,
+        colLabels=[str(s) for s in present],
+        bbox=[0.17, 0.0, 0.83, 0.62],
+        cellLoc="center",
+    )
+    table.auto_set_font_size(False)
+    table.set_fontsize(7)
 
 
 def report_figure(
@@ -218,12 +247,14 @@ def report_figure(
     sp = (float(spacing_mm[1]), float(spacing_mm[2]))
     fig = Figure(figsize=(11.7, 8.3), dpi=110)  # A4 landscape
     fig.suptitle(title or "AHA 17-segment report", fontsize=12)
-    grid = fig.add_gridspec(3, max(len(frames), 4), height_ratios=[1.0, 1.25, 0.55])
+    grid = fig.add_gridspec(
+        3, max(len(frames), 4), height_ratios=[1.0, 1.25, 0.8], top=0.93, bottom=0.02, hspace=0.15
+    )
     segs_all = rep.segments_zyx
     myo = np.isin(labels_zyx, MYOCARDIUM_VALUES)
     for i, f in enumerate(frames):
         rr, cc = np.nonzero(myo[f.z])
-        half = 1.25 * np.hypot((rr - f.centre_rc[0]) * sp[0], (cc - f.centre_rc[1]) * sp[1]).max()
+        half = 1.6 * np.hypot((rr - f.centre_rc[0]) * sp[0], (cc - f.centre_rc[1]) * sp[1]).max()
         view = {"half_width_mm": half, "pixel_mm": max(half / 80, 0.25)}
         lab = standard_view(labels_zyx[f.z], f, sp, rep.hand, **view)
         seg = standard_view(segs_all[f.z], f, sp, rep.hand, **view)
@@ -244,16 +275,11 @@ def report_figure(
     ax = fig.add_subplot(grid[2, :])
     ax.axis("off")
     lines = [_totals_text(name, r) for name, r, _ in rows]
-    tm = rep.column("scar_transmurality_pct")
-    scarred = [s["segment"] for s in rep.segments if s["scar_ml"] > 0]
     lines.append(
-        "scar transmurality (mean over scarred chords, % of wall) by segment: "
-        + (", ".join(f"{s}: {tm[s - 1]:.0f}" for s in scarred) or "no scar")
+        f"orientation: apex at the {rep.meta['apex']} ({rep.meta['apex_rule']}); septum from the "
+        "RV insertion points;\n             segments counter-clockwise viewed from the apex "
+        "(AHA 2002); slices shown anterior up, septum left"
     )
-    lines.append(
-        f"orientation: apex at the {rep.meta['apex']} ({rep.meta['apex_rule']}); septum from the RV insertion points "
-        "(label 600) or the given point;\n             segments counter-clockwise viewed from "
-        "the apex (AHA 2002); views: anterior up, septum left"
-    )
-    ax.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", fontsize=8.5, family="monospace")
+    ax.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", fontsize=8, family="monospace")
+    _segment_table(ax, [(name, r) for name, r, _ in rows])
     return fig
