@@ -240,7 +240,8 @@ def report_figure(
     """
     from matplotlib.figure import Figure
 
-    rows = [("segmentation", rep, labels_zyx)] + ([("manual", *manual)] if manual else [])
+    first = "segmentation" if manual else "label map"
+    rows = [(first, rep, labels_zyx)] + ([("manual", *manual)] if manual else [])
     frames = rep.frames if rep.apex_last else rep.frames[::-1]  # base first
     pick = np.unique(np.linspace(0, len(frames) - 1, min(max_slices, len(frames))).round())
     frames = [frames[int(i)] for i in pick]

@@ -157,7 +157,8 @@ def write_report(
                 overwrite=overwrite,
             )
         )
-    pairs = [("segmentation", rep)] + ([("manual", manual[0])] if manual else [])
+    first = "segmentation" if manual else "label map"
+    pairs = [(first, rep)] + ([("manual", manual[0])] if manual else [])
     written.append(_savefig(bullseye_figure(pairs), out / "bullseye.png", overwrite, "png"))
     page = report_figure(
         rep, labels_zyx, geometry.spacing_mm, image_zyx=image_zyx, manual=manual, title=title
