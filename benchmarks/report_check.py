@@ -9,8 +9,9 @@ manual mask is reported and checked:
 * every chord's transmurality and every segment's mean/max lie in 0-100 %;
 * the orientation agrees with the scanner geometry: the apex end found from the LV area
   is the one the slice axis points to in world (RAS) coordinates (the apex points left,
-  anterior, inferior), and segment 1 (anterior) points anterior-superior in the world,
-  segment 4 (inferior) posterior-inferior.  Nothing is fitted to these cases.
+  anterior, inferior), segment 1 (anterior) points anterior-superior in the world
+  (the handedness check: a mirrored frame would put it inferior) and the septum points
+  to the patient's right (where the RV is).  Nothing is fitted to these cases.
 
 Usage (one command, ~10 s)::
 
@@ -40,6 +41,7 @@ from napari_gmmseg.report.orientation import (  # noqa: E402
 )
 
 ANT_SUP_RAS = np.array([0.0, 1.0, 1.0]) / np.sqrt(2.0)
+RIGHT_RAS = np.array([1.0, 0.0, 0.0])
 
 
 def rv_adjacent(labels: np.ndarray, spacing_mm) -> np.ndarray:
@@ -86,12 +88,7 @@ def check_case(path: Path) -> dict:
             for f in rep.frames
         ]
     )
-    inf = np.mean(
-        [
-            world_dir(f.anchor_rad + np.pi / 2, rep.hand, geo.affine) @ -ANT_SUP_RAS
-            for f in rep.frames
-        ]
-    )
+    sep = np.mean([world_dir(f.anchor_rad, rep.hand, geo.affine) @ RIGHT_RAS for f in rep.frames])
     return {
         "sum_err_pct": max(sums.values()),
         "septal_pct": septal,
@@ -100,7 +97,7 @@ def check_case(path: Path) -> dict:
         "apex_agrees": rep.apex_last == world_apex_last,
         "area_agrees": apex_at_last(labels, "auto", None)[0] == world_apex_last,
         "seg1_ant_sup": ant,
-        "seg4_post_inf": inf,
+        "septum_right": sep,
         "n_slices": len(rep.frames),
         "sources": sorted({f.source for f in rep.frames}),
         "rep": rep,
@@ -118,7 +115,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     sources = [s for s in discover_cases(args.dataset) if s.mask is not None]
-    hdr = "case  slices  sum err %  RV-adjacent myo in septal %  transmurality min-max %  area rule=world  seg1.ant-sup  seg4.post-inf"
+    hdr = "case  slices  sum err %  RV-adjacent myo in septal %  transmurality min-max %  area rule=world  seg1.ant-sup  septum.right"
     print(hdr)
     ok = True
     results = {}
@@ -135,7 +132,7 @@ def main(argv=None) -> int:
         print(
             f"{s.case_id:>5} {r['n_slices']:>6} {r['sum_err_pct']:>10.2e} {r['septal_pct']:>28.1f} "
             f"{r['tm_min']:>12.1f}-{r['tm_max']:<5.1f}      {r['area_agrees']!s:>11} "
-            f"{r['seg1_ant_sup']:>13.2f} {r['seg4_post_inf']:>14.2f}  {'ok' if good else 'FAIL'}"
+            f"{r['seg1_ant_sup']:>13.2f} {r['septum_right']:>13.2f}  {'ok' if good else 'FAIL'}"
         )
     sep = np.array([r["septal_pct"] for r in results.values()])
     print(
@@ -144,8 +141,8 @@ def main(argv=None) -> int:
         f"septal segments {np.nanmean(sep):.1f} % mean (min {np.nanmin(sep):.1f} %), the LV+RV "
         f"area rule agrees with the world axis in {sum(r['area_agrees'] for r in results.values())}/"
         f"{len(results)}, segment 1 points anterior-superior in "
-        f"{sum(r['seg1_ant_sup'] > 0 for r in results.values())}/{len(results)}, segment 4 "
-        f"posterior-inferior in {sum(r['seg4_post_inf'] > 0 for r in results.values())}/"
+        f"{sum(r['seg1_ant_sup'] > 0 for r in results.values())}/{len(results)}, the septum "
+        f"to the patient's right in {sum(r['septum_right'] > 0 for r in results.values())}/"
         f"{len(results)}: {'all checks pass' if ok else 'SOME CHECKS FAIL'}"
     )
     if args.save_case:
