@@ -268,3 +268,18 @@ def test_segment_errors_on_the_reference_sectors(tmp_path):
     assert mae["gmm"]["scar_pct"] == pytest.approx(
         np.mean([abs(r["error_scar_pct"]) for r in rows])
     )
+
+
+def test_evaluate_segments_flag(tmp_path, capsys):
+    from napari_gmmseg.phantom import write_dataset
+
+    write_dataset(tmp_path / "ds", n_cases=1, n_slices=3, size=64)
+    out = tmp_path / "ev"
+    args = ["evaluate", str(tmp_path / "ds"), "--method", "gmm", "--out", str(out)]
+    assert main([*args, "--segments", "--no-progress", "--max-iter", "20"]) == 0
+    assert "MAE scar" in capsys.readouterr().out
+    with open(out / "segments.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows and {r["method"] for r in rows} == {"gmm"}
+    assert {int(r["segment"]) for r in rows} <= set(range(1, 17))
+    assert all(abs(float(r["gt_scar_pct"])) <= 100 for r in rows)
