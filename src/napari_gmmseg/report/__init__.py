@@ -15,8 +15,8 @@ Submodules import matplotlib and scipy only when used.
 
 from __future__ import annotations
 
+from napari_gmmseg.errors import OrientationError
 from napari_gmmseg.report.case import SEGMENT_COLUMNS, SLICE_COLUMNS, CaseReport, compute_report
-from napari_gmmseg.report.orientation import OrientationError
 from napari_gmmseg.report.segments import SEGMENT_NAMES, SEPTAL_SEGMENTS
 from napari_gmmseg.report.writer import REPORT_FILES, write_report
 

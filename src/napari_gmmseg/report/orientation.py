@@ -43,7 +43,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from napari_gmmseg.errors import GmmSegError
+from napari_gmmseg.errors import OrientationError
 from napari_gmmseg.labels import LV_ROI_VALUES, RV
 
 __all__ = [
@@ -65,10 +65,6 @@ SEPTUM_DEG: float = 120.0
 APEX_RAS: np.ndarray = np.array([-1.0, 1.0, -1.0]) / np.sqrt(3.0)
 #: Smallest ``|cos|`` between the slice axis and ``APEX_RAS`` for the world rule.
 WORLD_AXIS_MIN_COS: float = 0.7
-
-
-class OrientationError(GmmSegError, ValueError):
-    """The slices cannot be oriented (no LV, no RV and no user insertion point)."""
 
 
 @dataclass(frozen=True)
