@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_gmmseg._json import jsonable
 from napari_gmmseg._version import __version__
 from napari_gmmseg.errors import CaseLoadError, GeometryError, GmmSegError, ModelError, RoiError
 from napari_gmmseg.labels import CLASS_NAMES, LV_ROI_VALUES
@@ -162,22 +163,6 @@ def _atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)
-
-
 def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
@@ -199,7 +184,7 @@ def _resolve_roi(roi: str | os.PathLike | None, case) -> np.ndarray | None:
             hits = sorted(
                 p
                 for p in path.iterdir()
-                if p.name.lower().endswith((".nii.gz", ".nii", ".mha", ".nrrd"))
+                if io.is_image_path(p)
                 and case.case_id in p.name.split(".")[0].replace("-", "_").split("_")
             )
             if not hits:
@@ -219,38 +204,55 @@ def _resolve_roi(roi: str | os.PathLike | None, case) -> np.ndarray | None:
     return mask
 
 
-def _method_kwargs(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    """Options for one method: deep-only options go to deep methods, EM-only ones to EM."""
-    deep = method.startswith("deep")
-    out = {}
-    for key, value in options.items():
-        if value is None:
-            continue
-        if (key in _DEEP_ONLY and not deep) or (key in _EM_ONLY and deep):
-            continue
-        out[key] = value
-    return out
-
-
-#: Options that only the EM methods (gmm, svgmm) accept.
-_EM_ONLY = frozenset({"n_init"})
-
-
-#: Options that only deep methods accept.
-_DEEP_ONLY = frozenset(
+#: Options of :func:`napari_gmmseg.segment.segment` itself, which every method takes.
+_SEGMENT_OPTIONS = frozenset(
     {
-        "max_epochs",
-        "min_epochs",
-        "lr",
-        "weight_decay",
-        "clip_norm",
-        "lam",
-        "mu_data",
-        "weights",
-        "network",
-        "amp",
+        "n_classes",
+        "covariance_type",
+        "init",
+        "tol",
+        "max_iter",
+        "seed",
+        "device",
+        "per_slice",
+        "prior",
+        "normalize",
+        "return_probabilities",
     }
 )
+
+
+def _method_kwargs(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Options for one method: ``segment``'s own, and those the method's registry entry takes.
+
+    Options of other methods (``n_init`` for a deep method, ``max_epochs`` for EM) are
+    left out, so one option set serves a whole ``--methods`` list.
+    """
+    from napari_gmmseg.methods import get_method
+
+    spec = get_method(method)
+    return {
+        key: value
+        for key, value in options.items()
+        if value is not None and (key in _SEGMENT_OPTIONS or spec.accepts(key))
+    }
+
+
+def _check_options(methods: Sequence[str], options: Mapping[str, Any]) -> None:
+    """Refuse, before any case runs, an option no method takes (misspelt) or a bad value.
+
+    An option of another registered method (``max_epochs`` with only ``gmm``) is left
+    out for the methods that do not take it, so one option set serves a method list.
+    """
+    from napari_gmmseg.methods import METHODS, get_method
+
+    specs = [get_method(m) for m in methods]
+    given = {k: v for k, v in options.items() if v is not None and k not in _SEGMENT_OPTIONS}
+    stray = sorted(k for k in given if not any(spec.accepts(k) for spec in METHODS.values()))
+    if stray:
+        raise ModelError(f"unknown option(s) {stray}; no method takes them")
+    for spec in specs:
+        spec.make_options({k: v for k, v in given.items() if spec.accepts(k)})
 
 
 def evaluate_case(
@@ -295,7 +297,7 @@ def evaluate_case(
     out_dir = Path(out_dir)
     options = dict(options or {})
     rule = resolve_rule(presence)
-    requested = _jsonable({"options": options, "presence": None if rule is None else asdict(rule)})
+    requested = jsonable({"options": options, "presence": None if rule is None else asdict(rule)})
     case_id = source.case_id
     outcomes: list[CaseOutcome] = []
 
@@ -356,11 +358,11 @@ def evaluate_case(
                     "converged_fraction": float(np.mean(fit.converged_))
                     if len(fit.converged_)
                     else 0.0,
-                    "params": _jsonable(fit.params),
+                    "params": jsonable(fit.params),
                     "requested": requested,
                     "version": __version__,
                 }
-                _atomic_write_text(sidecar, json.dumps(_jsonable(info), indent=1))
+                _atomic_write_text(sidecar, json.dumps(jsonable(info), indent=1))
             rows = []
             if case.labels is not None:
                 for row in evaluate_labels(
@@ -490,13 +492,12 @@ def evaluate_dataset(
     methods = list(dict.fromkeys(m.strip().lower() for m in methods if m.strip()))
     if not methods:
         raise ModelError("no method given")
-    try:
-        from napari_gmmseg.segment import METHODS
-    except ImportError:  # pragma: no cover - engine not installed
-        METHODS = ("gmm", "svgmm", "deepg", "deepsvg", "deepsvg-mu")
+    from napari_gmmseg.methods import METHODS
+
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ModelError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+    _check_options(methods, options or {})
     dataset = Path(dataset)
     sources = io.discover_cases(dataset)
     if cases is not None:
@@ -560,7 +561,7 @@ def evaluate_dataset(
     write_csv(rows, out_dir / "metrics.csv")
     if rows and plots:
         summary["bland_altman"] = _bland_altman(rows, out_dir, summary["warnings"])
-    _atomic_write_text(out_dir / "summary.json", json.dumps(_jsonable(summary), indent=1))
+    _atomic_write_text(out_dir / "summary.json", json.dumps(jsonable(summary), indent=1))
     return Evaluation(outcomes, rows, summary, table, out_dir)
 
 

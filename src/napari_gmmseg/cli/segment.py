@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-#: Kept here so ``--help`` does not import torch (same names as napari_gmmseg.segment.METHODS).
-_METHODS = ("gmm", "svgmm", "deepg", "deepsvg", "deepsvg-mu")
-_INITS = ("kmeans++", "random", "random_from_data", "linspace", "prior")
+from napari_gmmseg.methods import COVARIANCE_TYPES, INITS, METHODS
 
 
 def register(subparsers) -> None:
@@ -41,29 +39,16 @@ def register(subparsers) -> None:
     g.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     g.add_argument("--quiet", action="store_true", help="no progress or summary on stderr/stdout")
     m = p.add_argument_group("method")
-    m.add_argument("--method", choices=_METHODS, default="gmm")
+    m.add_argument("--method", choices=tuple(METHODS), default="gmm")
     m.add_argument("--classes", type=int, default=4, help="mixture components K")
-    m.add_argument("--init", choices=_INITS, default="kmeans++", help="EM initialisation")
+    m.add_argument("--init", choices=INITS, default="kmeans++", help="EM initialisation")
     m.add_argument(
         "--tol", type=float, default=1e-3, help="stop a slice when |dNLL| < tol (0: never)"
     )
     m.add_argument("--max-iter", type=int, default=100, help="EM iteration limit")
     m.add_argument("--seed", type=int, default=0, help="seed of every random step")
-    m.add_argument(
-        "--n-init",
-        type=int,
-        default=1,
-        help="EM restarts per slice, fitted together; the lowest NLL is kept (gmm, svgmm)",
-    )
     m.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    m.add_argument("--covariance", choices=("diag", "full"), default="diag")
-    m.add_argument(
-        "--spatial",
-        choices=("none", "mrf", "smooth"),
-        default="none",
-        help="spatial coherence: Potts MRF (mean field) or SVGMM Pi smoothing",
-    )
-    m.add_argument("--beta", type=float, default=1.0, help="strength of --spatial")
+    m.add_argument("--covariance", choices=COVARIANCE_TYPES, default="diag")
     m.add_argument(
         "--per-volume",
         action="store_true",
@@ -72,8 +57,9 @@ def register(subparsers) -> None:
     m.add_argument(
         "--prior", metavar="JSON", help="prior table of class means (naming, --init prior)"
     )
-    m.add_argument("--weights", metavar="MODEL", help="trained model file (deep methods)")
-    m.add_argument("--max-epochs", type=int, default=None, help="epochs of the deep methods")
+    from napari_gmmseg.cli._options import add_method_arguments
+
+    add_method_arguments(p.add_argument_group("options of the methods (each its own default)"))
     from napari_gmmseg.presence import add_cli_arguments
 
     add_cli_arguments(p)
@@ -87,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from napari_gmmseg import io
-    from napari_gmmseg.errors import CaseLoadError, ModelError, OutputExistsError, RoiError
+    from napari_gmmseg.errors import CaseLoadError, OutputExistsError, RoiError
     from napari_gmmseg.segment import segment
 
     t0 = time.perf_counter()
@@ -96,8 +82,9 @@ def run(args: argparse.Namespace) -> int:
 
     if Path(out).exists() and not args.force:
         raise OutputExistsError(f"{out} exists (use --force to overwrite)")
-    if args.n_init != 1 and args.method not in ("gmm", "svgmm"):
-        raise ModelError(f"--n-init applies to gmm and svgmm, not {args.method}")
+    from napari_gmmseg.cli._options import options_for
+
+    options = options_for(args, args.method)  # before any loading: a stray flag fails fast
     sequences = {
         name: path
         for name, path in (("bSSFP", args.bssfp), ("LGE", args.lge), ("T2", args.t2))
@@ -124,16 +111,6 @@ def run(args: argparse.Namespace) -> int:
         roi = lab > 0 if uniq <= {0, 1} else np.isin(lab, values)
         if not roi.any():
             raise RoiError(f"{args.roi}: no voxel with the ROI labels {values}")
-
-    options = {}
-    if args.n_init != 1:
-        options["n_init"] = args.n_init
-    if args.spatial != "none":
-        options.update(spatial=args.spatial, beta=args.beta)
-    if args.weights:
-        options["weights"] = args.weights
-    if args.max_epochs is not None:
-        options["max_epochs"] = args.max_epochs
 
     from napari_gmmseg.presence import resolve_rule, rule_from_args
 
