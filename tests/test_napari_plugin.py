@@ -15,7 +15,7 @@ def test_viewer_lists_plugin_contributions(make_napari_viewer_proxy):
     manifest = pm.get_manifest("napari-gmmseg")
     assert manifest.display_name
     widgets = {w.display_name for w in manifest.contributions.widgets}
-    assert {"Load case", "Segment", "Inspect", "Evaluate", "Export"} <= widgets
+    assert {"Load case", "Segment", "Inspect", "Evaluate", "Export", "Report"} <= widgets
     readers = list(pm.iter_compatible_readers(["case_C0.nii.gz"]))
     assert any(r.plugin_name == "napari-gmmseg" for r in readers)
     writers = [w for w in manifest.contributions.writers if "labels" in w.layer_types]

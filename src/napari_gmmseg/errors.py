@@ -29,3 +29,7 @@ class RoiError(GmmSegError, ValueError):
 
 class ModelError(GmmSegError, ValueError):
     """Invalid model options or a model file that cannot be used."""
+
+
+class OrientationError(GmmSegError, ValueError):
+    """Short-axis slices cannot be oriented (no LV myocardium, no RV and no insertion point)."""

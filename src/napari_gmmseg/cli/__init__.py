@@ -19,6 +19,7 @@ from napari_gmmseg._version import __version__
 COMMAND_MODULES: tuple[str, ...] = (
     "segment",
     "evaluate",
+    "report",
     "demo",
     "phantom",
     "train",

@@ -96,6 +96,18 @@ def _run(args: argparse.Namespace) -> int:
         cases=cases,
     )
     print_report(result, out)
+    if args.segments:  # per-AHA-segment burden error against the manual mask
+        from napari_gmmseg.io import discover_cases
+        from napari_gmmseg.report.compare import write_segment_errors
+
+        path, mae = write_segment_errors(
+            result.outcomes, discover_cases(args.dataset), out / "segments.csv", overwrite=True
+        )
+        print(f"segments:   {path} (per AHA segment, segmentation - manual)")
+        for method, m in mae.items():
+            print(
+                f"  {method}: MAE scar {m['scar_pct']:.1f}, edema {m['edema_pct']:.1f} points of %"
+            )
     return 1 if result.failures else 0
 
 
@@ -143,6 +155,12 @@ def register(subparsers) -> None:
         default="nan",
         help="Dice of a class absent from both prediction and GT: nan = excluded from means "
         "(default, counted in the table) or one",
+    )
+    p.add_argument(
+        "--segments",
+        action="store_true",
+        help="also write OUT/segments.csv: scar and edema burden per AHA segment against the "
+        "manual mask (napari-gmmseg report's rules, on the mask's sectors)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_method_options(p)

@@ -1,0 +1,251 @@
+"""Report dock widget: AHA 17-segment bullseye and table for a label layer, segment map layer.
+
+All numbers come from :func:`napari_gmmseg.report.compute_report`; this widget
+only moves arrays between napari layers and the core and draws the bullseye
+with :func:`napari_gmmseg.report.figures.bullseye_figure`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QFormLayout,
+    QHeaderView,
+    QLabel,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QWidget,
+)
+
+from napari_gmmseg._widgets._common import (
+    LayerCombo,
+    dock_layout,
+    fit_table_height,
+    layer_spacing,
+    report_errors,
+    source_geometry,
+)
+from napari_gmmseg.errors import GeometryError, RoiError
+from napari_gmmseg.labels import RV
+
+if TYPE_CHECKING:
+    import napari
+
+#: Metadata key marking the segment-map layers this widget made (never offered as input).
+SEGMENTS_KEY = "gmmseg_aha_segments"
+
+
+def _fmt(value: Any, spec: str = ".1f") -> str:
+    return "–" if value is None or not np.isfinite(value) else format(value, spec)
+
+
+class ReportWidget(QWidget):
+    """Dock widget: AHA bullseye (scar, edema % of segment), segment table, segment map layer.
+
+    The report follows the chosen label layer: it is recomputed (debounced)
+    whenever the layer's data changes or is painted.  The septum comes from the
+    RV blood pool (600) of the label layer, else of the "RV from" layer (a manual
+    mask), else from the first point of the "RV insertion" Points layer (the
+    anterior RV insertion point).
+
+    Parameters
+    ----------
+    napari_viewer : napari.Viewer
+    """
+
+    COLUMNS = ("segment", "myocardium mL", "scar %", "edema %", "transmurality %")
+
+    def __init__(self, napari_viewer: napari.Viewer, parent=None) -> None:
+        import napari
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.report = None
+        self.segments_layer = None
+        self._watched = None
+        layout = dock_layout(self)
+        form = QFormLayout()
+
+        def is_input(lay) -> bool:
+            return SEGMENTS_KEY not in lay.metadata
+
+        self.label_layer = LayerCombo(napari_viewer, (napari.layers.Labels,), accept=is_input)
+        self.label_layer.setToolTip("segmentation or manual mask with MyoPS values")
+        self.rv_layer = LayerCombo(
+            napari_viewer, (napari.layers.Labels,), accept=is_input, allow_none="(the label map)"
+        )
+        self.rv_layer.setToolTip("Labels layer whose RV blood pool (600) orients the septum")
+        self.point_layer = LayerCombo(napari_viewer, (napari.layers.Points,), allow_none="(none)")
+        self.point_layer.setToolTip("first point = anterior RV insertion, for slices without RV")
+        form.addRow("Label map", self.label_layer)
+        form.addRow("RV from", self.rv_layer)
+        form.addRow("RV insertion", self.point_layer)
+        layout.addLayout(form)
+        self.auto = QCheckBox("update when the label map changes")
+        self.auto.setChecked(True)
+        layout.addWidget(self.auto)
+        self.update_button = QPushButton("Update report")
+        self.update_button.clicked.connect(self.update_report)
+        layout.addWidget(self.update_button)
+        self.figure = Figure(figsize=(4.4, 2.8), layout="constrained")
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(300)
+        layout.addWidget(self.canvas)
+        self.table = QTableWidget(0, len(self.COLUMNS))
+        self.table.setHorizontalHeaderLabels(self.COLUMNS)
+        self.table.verticalHeader().setVisible(False)
+        self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        layout.addWidget(self.table)
+        self.summary = QLabel("")
+        self.summary.setWordWrap(True)
+        layout.addWidget(self.summary)
+        layout.addStretch(1)
+
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(300)
+        self._timer.timeout.connect(self._auto_update)
+        self.label_layer.currentIndexChanged.connect(self._watch)
+        self._watch()
+
+    # ------------------------------------------------------------ following the layer
+    def _watch(self, *_args) -> None:
+        layer = self.label_layer.layer()
+        if layer is self._watched:
+            return
+        self._disconnect()
+        self._watched = layer
+        if layer is not None:
+            layer.events.data.connect(self._changed)
+            if hasattr(layer.events, "paint"):
+                layer.events.paint.connect(self._changed)
+
+    def _disconnect(self) -> None:
+        if self._watched is not None:
+            for name in ("data", "paint"):
+                ev = getattr(self._watched.events, name, None)
+                if ev is not None:
+                    ev.disconnect(self._changed)
+
+    def _changed(self, *_args) -> None:
+        if self.auto.isChecked():
+            self._timer.start()
+
+    def _auto_update(self) -> None:
+        if self.label_layer.layer() is not None:
+            self.update_report()
+
+    # ------------------------------------------------------------ inputs
+    def _insertion_point(self, layer) -> tuple[float, float, float] | None:
+        points = self.point_layer.layer()
+        if points is None or len(points.data) == 0:
+            return None
+        p = np.asarray(points.data[0], dtype=float)
+        # the point's world position in the label layer's voxel grid
+        p = np.asarray(layer.world_to_data(points.data_to_world(p)), dtype=float)
+        z, y, x = p[-3:]
+        return (float(x), float(y), float(z))
+
+    def _geometry(self, layer, shape):
+        from napari_gmmseg.io import Geometry
+
+        geometry = source_geometry(layer)
+        if geometry is not None and tuple(geometry.shape) == tuple(shape):
+            return geometry, ""
+        sz, sy, sx = layer_spacing(layer)
+        note = "no source geometry: the layer scale is used, axis-aligned (check the handedness)"
+        return Geometry.from_affine(np.diag([sx, sy, sz, 1.0]), shape), note
+
+    # ------------------------------------------------------------ the report
+    @report_errors
+    def update_report(self) -> None:
+        """Recompute the report of the chosen label layer; draw, tabulate, update the segment map."""
+        from napari_gmmseg.report import compute_report
+        from napari_gmmseg.report.figures import bullseye_figure
+
+        layer = self.label_layer.layer()
+        if layer is None:
+            raise RoiError("no label map: open a segmentation or a manual mask (Labels layer)")
+        labels = np.asarray(layer.data)
+        if labels.ndim != 3:
+            raise GeometryError(f"'{layer.name}' is {labels.ndim}-D; the report needs (Z, Y, X)")
+        geometry, note = self._geometry(layer, labels.shape)
+        rv = None
+        rv_layer = self.rv_layer.layer()
+        if rv_layer is not None:
+            rv_data = np.asarray(rv_layer.data)
+            if rv_data.shape != labels.shape:
+                raise GeometryError(
+                    f"'{rv_layer.name}' {rv_data.shape} and '{layer.name}' {labels.shape} differ"
+                )
+            rv = rv_data == RV.value
+        rep = compute_report(
+            labels,
+            geometry.spacing_mm,
+            geometry.affine,
+            rv_insertion_xyz=self._insertion_point(layer),
+            rv_zyx=rv,
+        )
+        self.report = rep
+        self.figure.clear()
+        bullseye_figure([(layer.name, rep)], fig=self.figure)
+        self.canvas.draw_idle()
+        self._fill_table(rep)
+        self._segment_layer(layer, rep, geometry)
+        t = rep.totals
+        self.summary.setText(
+            f"LV myocardium {t['myocardium_ml']:.1f} mL · scar {t['scar_ml']:.1f} mL "
+            f"({_fmt(t['scar_pct'])} %) · edema {t['edema_ml']:.1f} mL ({_fmt(t['edema_pct'])} %)"
+            f"\napex at the {rep.meta['apex']} ({rep.meta['apex_rule']})"
+            + (f"\n{note}" if note else "")
+        )
+
+    def _fill_table(self, rep) -> None:
+        rows = [r for r in rep.segments if r["present"]]
+        self.table.setRowCount(len(rows))
+        for i, r in enumerate(rows):
+            cells = (
+                f"{r['segment']} {r['name']}",
+                _fmt(r["myocardium_ml"], ".2f"),
+                _fmt(r["scar_pct"]),
+                _fmt(r["edema_pct"]),
+                _fmt(r["scar_transmurality_pct"], ".0f"),
+            )
+            for j, text in enumerate(cells):
+                self.table.setItem(i, j, QTableWidgetItem(text))
+        fit_table_height(self.table)
+
+    def _segment_layer(self, layer, rep, geometry) -> None:
+        from napari_gmmseg._reader import GEOMETRY_KEY
+        from napari_gmmseg.report.segments import SEGMENT_NAMES
+
+        name = f"{layer.name} AHA segments"
+        features = {"index": np.arange(18), "segment": ["", *SEGMENT_NAMES[1:]]}
+        target = self.segments_layer
+        if target is None or target not in self.viewer.layers:
+            target = self.viewer.add_labels(
+                rep.segments_zyx,
+                name=name,
+                scale=layer.scale,
+                translate=layer.translate,
+                opacity=0.5,
+                visible=True,
+                metadata={SEGMENTS_KEY: True, GEOMETRY_KEY: geometry},
+                features=features,
+            )
+            self.segments_layer = target
+        else:
+            target.data = rep.segments_zyx
+            target.name = name
+        self.label_layer.set_layer(layer)
+
+    def closeEvent(self, event) -> None:
+        self._disconnect()
+        super().closeEvent(event)

@@ -1,0 +1,137 @@
+"""``napari-gmmseg report``: AHA 17-segment burden, transmurality, bullseye and one-page report."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _point(text: str | None) -> tuple[float, float, float] | None:
+    if text is None:
+        return None
+    parts = [p for p in text.replace(" ", "").split(",") if p]
+    try:
+        xyz = tuple(float(p) for p in parts)
+    except ValueError:
+        xyz = ()
+    if len(xyz) != 3:
+        raise argparse.ArgumentTypeError(f"--rv-insertion wants x,y,z voxel indices, got {text!r}")
+    return xyz  # type: ignore[return-value]
+
+
+def _read_on_grid(path: str, geometry, what: str, labels: bool):
+    """Read a file and check it lies on the label map's grid."""
+    from napari_gmmseg.errors import GeometryError
+    from napari_gmmseg.io import read_labels, read_volume
+
+    arr, geo = read_labels(path, with_geometry=True) if labels else read_volume(path)
+    if not geometry.same_grid(geo):
+        raise GeometryError(
+            f"{path}: {what} is not on the label map's grid: {geometry.difference(geo)}"
+        )
+    return arr
+
+
+def _run(args: argparse.Namespace) -> int:
+    from napari_gmmseg.errors import GeometryError
+    from napari_gmmseg.io import load_case, read_labels
+    from napari_gmmseg.report import REPORT_FILES, compute_report, write_report
+    from napari_gmmseg.report.writer import check_outputs
+
+    out = Path(args.out)
+    check_outputs(
+        out, list(REPORT_FILES) + (["manual_segments.csv"] if args.mask else []), args.force
+    )
+    labels, geometry = read_labels(args.labels, with_geometry=True)
+    point = args.rv_insertion
+    image = None
+    if args.case:
+        case = load_case(args.case)
+        if not geometry.same_grid(case.geometry):
+            raise GeometryError(
+                f"{args.case}: not on the label map's grid: {geometry.difference(case.geometry)}"
+            )
+        name = next((c for c in ("LGE", "bSSFP", "T2") if c in case.channels), case.channels[0])
+        image = case.image(name)
+    for path in (args.lge, args.bssfp, args.t2):  # LGE shows scar best
+        if path and image is None:
+            image = _read_on_grid(path, geometry, "the image", labels=False)
+    manual = None
+    kw = {"rv_insertion_xyz": point, "apex": args.apex}
+    ref = None  # with a manual mask both maps are measured on the mask's sectors
+    if args.mask:
+        mlab = _read_on_grid(args.mask, geometry, "the manual mask", labels=True)
+        ref = compute_report(mlab, geometry.spacing_mm, geometry.affine, **kw)
+        manual = (ref, mlab)
+    rep = compute_report(labels, geometry.spacing_mm, geometry.affine, reference=ref, **kw)
+    title = args.title or Path(args.labels).name
+    files = write_report(
+        out,
+        rep,
+        labels,
+        geometry,
+        image_zyx=image,
+        manual=manual,
+        title=title,
+        overwrite=args.force,
+    )
+    t = rep.totals
+    print(
+        f"LV myocardium {t['myocardium_ml']:.1f} mL, scar {t['scar_ml']:.1f} mL "
+        f"({t['scar_pct']:.1f} %), edema {t['edema_ml']:.1f} mL ({t['edema_pct']:.1f} %); "
+        f"apex at the {rep.meta['apex']} ({rep.meta['apex_rule']})"
+    )
+    for f in rep.frames:
+        if f.source != "rv":
+            print(f"slice {f.z}: oriented from {f.source}", file=sys.stderr)
+    for p in files:
+        print(p)
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add the ``report`` sub-command."""
+    p = subparsers.add_parser(
+        "report",
+        help="AHA 17-segment burden, transmurality, bullseye and a one-page case report",
+        description=(
+            "From a MyoPS-valued label map (a segmentation or a manual mask) write OUT/segments.csv "
+            "(myocardium, scar and edema mL and %% per AHA segment, scar transmurality), "
+            "OUT/slices.csv, OUT/segments.nii.gz (segment 1-17 on every myocardium voxel, source "
+            "geometry), OUT/bullseye.png and OUT/report.pdf + report.png (one page). Slices are "
+            "oriented by the RV insertion points found from the RV blood pool (600), else by "
+            "--rv-insertion. Existing outputs are refused unless --force."
+        ),
+    )
+    p.add_argument("labels", help="label map (NIfTI, .mha, .nrrd) with MyoPS values")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--case", default=None, help="case (file or folder) whose image goes under the overlays"
+    )
+    p.add_argument("--lge", default=None, help="LGE image for the overlays (preferred)")
+    p.add_argument("--bssfp", default=None, help="bSSFP image for the overlays")
+    p.add_argument("--t2", default=None, help="T2 image for the overlays")
+    p.add_argument(
+        "--mask",
+        default=None,
+        help="manual mask: its numbers are reported side by side, both maps measured on the "
+        "mask's sectors (its LV centres and RV insertion points)",
+    )
+    p.add_argument(
+        "--rv-insertion",
+        default=None,
+        type=_point,
+        metavar="X,Y,Z",
+        help="anterior RV insertion point, voxel column,row,slice (0-based), for slices without "
+        "RV blood pool (600)",
+    )
+    p.add_argument(
+        "--apex",
+        choices=("auto", "first", "last"),
+        default="auto",
+        help="which end of the stack is the apex (default auto: where the LV is smaller)",
+    )
+    p.add_argument("--title", default=None, help="report title (default: the label file name)")
+    p.add_argument("--force", action="store_true", help="replace existing outputs")
+    p.set_defaults(func=_run)
