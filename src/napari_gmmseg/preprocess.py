@@ -47,6 +47,46 @@ def _round_up(n: int, multiple: int) -> int:
     return int(-(-n // multiple) * multiple) if multiple > 1 else int(n)
 
 
+def _crop_boxes(
+    yy: np.ndarray,
+    xx: np.ndarray,
+    first: np.ndarray,
+    yx_dim: tuple[int, int],
+    crop_margin: int,
+    crop_multiple: int,
+    crop_size: int | tuple[int, int] | None,
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Top-left corners ``(Z_roi,)`` and the common crop ``height, width`` of every slice.
+
+    ``yy``, ``xx`` are the ROI pixel coordinates in raster order and ``first`` the index
+    of each slice's first pixel. Each box is centred on its slice's ROI bounding box,
+    kept inside the image when it fits, and always covers the ROI.
+    """
+    y_dim, x_dim = yx_dim
+    y_min = np.minimum.reduceat(yy, first)
+    y_max = np.maximum.reduceat(yy, first)
+    x_min = np.minimum.reduceat(xx, first)
+    x_max = np.maximum.reduceat(xx, first)
+    margin = max(int(crop_margin), 1)
+    if crop_size is None:
+        height = _round_up(int((y_max - y_min).max()) + 1 + 2 * margin, crop_multiple)
+        width = _round_up(int((x_max - x_min).max()) + 1 + 2 * margin, crop_multiple)
+    else:
+        height, width = (crop_size, crop_size) if np.isscalar(crop_size) else crop_size
+        height, width = int(height), int(width)
+        if height < int((y_max - y_min).max()) + 1 or width < int((x_max - x_min).max()) + 1:
+            raise RoiError(f"crop_size {(height, width)} is smaller than the ROI bounding box")
+    y0 = (y_min + y_max + 1) // 2 - height // 2
+    x0 = (x_min + x_max + 1) // 2 - width // 2
+    # Keep the box inside the image when it fits, but always around the ROI.
+    y0 = np.clip(y0, min(0, y_dim - height), max(0, y_dim - height))
+    x0 = np.clip(x0, min(0, x_dim - width), max(0, x_dim - width))
+    y0 = np.minimum(np.maximum(y0, y_max + 1 - height), y_min)
+    x0 = np.minimum(np.maximum(x0, x_max + 1 - width), x_min)
+
+    return y0, x0, height, width
+
+
 def check_volume(
     images: Any, roi: Any = None, channels: Any = None
 ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
@@ -231,26 +271,9 @@ class SliceBatch:
         srow = np.repeat(np.arange(zs), counts)  # crop row of each ROI pixel
 
         # Crop boxes: common (H, W), centred on each slice's ROI bounding box.
-        y_min = np.minimum.reduceat(yy, first)
-        y_max = np.maximum.reduceat(yy, first)
-        x_min = np.minimum.reduceat(xx, first)
-        x_max = np.maximum.reduceat(xx, first)
-        margin = max(int(crop_margin), 1)
-        if crop_size is None:
-            height = _round_up(int((y_max - y_min).max()) + 1 + 2 * margin, crop_multiple)
-            width = _round_up(int((x_max - x_min).max()) + 1 + 2 * margin, crop_multiple)
-        else:
-            height, width = (crop_size, crop_size) if np.isscalar(crop_size) else crop_size
-            height, width = int(height), int(width)
-            if height < int((y_max - y_min).max()) + 1 or width < int((x_max - x_min).max()) + 1:
-                raise RoiError(f"crop_size {(height, width)} is smaller than the ROI bounding box")
-        y0 = (y_min + y_max + 1) // 2 - height // 2
-        x0 = (x_min + x_max + 1) // 2 - width // 2
-        # Keep the box inside the image when it fits, but always around the ROI.
-        y0 = np.clip(y0, min(0, y_dim - height), max(0, y_dim - height))
-        x0 = np.clip(x0, min(0, x_dim - width), max(0, x_dim - width))
-        y0 = np.minimum(np.maximum(y0, y_max + 1 - height), y_min)
-        x0 = np.minimum(np.maximum(x0, x_max + 1 - width), x_min)
+        y0, x0, height, width = _crop_boxes(
+            yy, xx, first, (y_dim, x_dim), crop_margin, crop_multiple, crop_size
+        )
         boxes = np.stack([y0, x0, np.full(zs, height), np.full(zs, width)], axis=1).astype(np.int64)
 
         cy = yy - y0[srow]
