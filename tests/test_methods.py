@@ -211,3 +211,9 @@ def test_the_cli_refuses_an_option_the_method_does_not_take(tiny_files, tmp_path
     assert "--n-init does not apply to method deepg" in capsys.readouterr().err
     assert main([*args, "--method", "gmm", "--max-epochs", "3"]) == 1
     assert not out.exists()
+
+
+def test_the_docs_method_table_is_the_registry(repo_root):
+    text = (repo_root / "docs/architecture.md").read_text()
+    start = text.index("-->\n", text.index("<!-- method-table")) + 4
+    assert text[start : text.index("<!-- /method-table -->")].strip() == methods.method_table()

@@ -127,7 +127,9 @@ class EMOptions:
     beta: float = field(default=1.0, metadata=_meta("strength of --spatial"))
     n_init: int = field(
         default=1,
-        metadata=_meta("EM restarts per slice, fitted together; the lowest NLL is kept", dock=False),
+        metadata=_meta(
+            "EM restarts per slice, fitted together; the lowest NLL is kept", dock=False
+        ),
     )
     dtype: str = field(
         default="float32",
