@@ -44,7 +44,7 @@ from napari_gmmseg._json import jsonable
 from napari_gmmseg._version import __version__
 from napari_gmmseg.errors import CaseLoadError, GeometryError, GmmSegError, ModelError, RoiError
 from napari_gmmseg.labels import CLASS_NAMES, LV_ROI_VALUES
-from napari_gmmseg.metrics import LV_MYOCARDIUM_NAME
+from napari_gmmseg.metrics import LV_MYOCARDIUM_NAME, SCAR_EDEMA_NAME
 from napari_gmmseg.presence import resolve_rule
 
 #: Column order of ``metrics.csv``.
@@ -61,12 +61,28 @@ CSV_COLUMNS: tuple[str, ...] = (
     "gt_ml",
     "pred_pct",
     "gt_pct",
+    "pred_ml_matched",
+    "pred_pct_matched",
     "gt_present",
     "pred_present",
     "all_classes",
 )
-#: Columns of the Dice tables: the four classes, their mean, and the LV myocardium.
-TABLE_CLASSES: tuple[str, ...] = (*CLASS_NAMES, LV_MYOCARDIUM_NAME)
+#: Columns of ``metrics.csv`` that hold numbers.
+_FLOAT_COLUMNS: tuple[str, ...] = (
+    "dice",
+    "dice_named",
+    "hd95_mm",
+    "pred_ml",
+    "gt_ml",
+    "pred_pct",
+    "gt_pct",
+    "pred_ml_matched",
+    "pred_pct_matched",
+)
+#: Classes aggregated in the Dice blocks: the four classes, the LV myocardium, scar ∪ edema.
+TABLE_CLASSES: tuple[str, ...] = (*CLASS_NAMES, LV_MYOCARDIUM_NAME, SCAR_EDEMA_NAME)
+#: The MyoPS 2020 per-case scores (plus LV myocardium) of ``summarize``'s ``myops_per_case``.
+MYOPS_CLASSES: tuple[str, ...] = ("scar", SCAR_EDEMA_NAME, LV_MYOCARDIUM_NAME)
 
 
 @dataclass
@@ -651,8 +667,9 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
     with open(path, newline="") as fh:
         for row in csv.DictReader(fh):
             r: dict[str, Any] = dict(row)
-            for col in ("dice", "dice_named", "hd95_mm", "pred_ml", "gt_ml", "pred_pct", "gt_pct"):
-                r[col] = float(r[col])
+            for col in _FLOAT_COLUMNS:
+                if col in r:  # a metrics.csv from before the matched burden columns
+                    r[col] = float(r[col])
             for col in ("gt_present", "pred_present", "all_classes"):
                 r[col] = r[col] == "1"
             r["slice"] = r["slice"] if r["slice"] == "volume" else int(r["slice"])
@@ -701,8 +718,16 @@ def summarize(
     predicted and true scar / edema % of LV myocardium and volume in mL, bias =
     mean(pred - GT), MAE = mean |pred - GT|), ``hd95_mm`` per volume when computed,
     and ``runtime`` (cases segmented / skipped / failed, mean fit seconds per case).
+    ``myops_per_case`` holds the MyoPS 2020 challenge's scores (Dice per case of
+    scar and of scar ∪ edema, plus LV myocardium) ``named`` and ``matched`` (views of
+    ``volume_named`` and ``volume``); ``burden_agreement`` the MAE, bias and 95 %
+    limits of agreement of scar / edema burden (% and mL) per ``case`` and per
+    ``slice``, ``named`` and ``matched``
+    (:func:`napari_gmmseg.agreement.agreement_summary`).
     Each statistic carries ``n`` (values used) and ``excluded`` (NaN values left out).
     """
+    from napari_gmmseg.agreement import agreement_summary, bland_altman
+
     out: dict[str, Any] = {}
     for method in methods:
         mrows = [r for r in rows if r["method"] == method]
@@ -722,16 +747,20 @@ def summarize(
                 [(r[f"pred_{unit}"], r[f"gt_{unit}"]) for r in vol if r["class"] == name],
                 dtype=np.float64,
             ).reshape(-1, 2)
-            diff = pairs[:, 0] - pairs[:, 1]
-            ok = np.isfinite(diff)
+            ba = bland_altman(pairs[:, 0], pairs[:, 1])
             burden[f"{name}_{unit}"] = {
                 "pred": _stat(pairs[:, 0]),
                 "gt": _stat(pairs[:, 1]),
-                "bias": float(diff[ok].mean()) if ok.any() else None,
-                "mae": float(np.abs(diff[ok]).mean()) if ok.any() else None,
-                "n": int(ok.sum()),
+                "bias": ba.bias if ba.n else None,
+                "mae": ba.mae if ba.n else None,
+                "n": ba.n,
             }
         agg["burden"] = burden
+        agg["myops_per_case"] = {
+            flavour: {name: agg[block][name] for name in MYOPS_CLASSES}
+            for flavour, block in (("named", "volume_named"), ("matched", "volume"))
+        }
+        agg["burden_agreement"] = agreement_summary(mrows).get(method, {})
         mo = [o for o in outcomes if o.method == method]
         secs = [o.seconds for o in mo if o.status != "failed" and o.seconds is not None]
         agg["runtime"] = {
@@ -752,6 +781,71 @@ def _pm(stat: Mapping[str, Any] | None, digits: int = 2) -> str:
 
 def _num(v: float | None, digits: int = 1) -> str:
     return "-" if v is None else f"{v:+.{digits}f}" if digits < 0 else f"{v:.{digits}f}"
+
+
+def _myops_lines(aggregates: Mapping[str, Any], methods: Sequence[str], w: int) -> list[str]:
+    """The MyoPS 2020 per-case Dice block, as named and matched side by side."""
+    present = [m for m in methods if "myops_per_case" in aggregates.get(m, {})]
+    if not present:
+        return []
+    cols = [
+        (f"{flavour} {head}", flavour, name)
+        for flavour in ("named", "matched")
+        for head, name in (("scar", "scar"), ("scar+edema", SCAR_EDEMA_NAME))
+    ]
+    cols.append(("named LV myo", "named", LV_MYOCARDIUM_NAME))
+    lines = [
+        "MyoPS 2020 scores: Dice per case (whole volume), mean ± std over cases; "
+        "named = labels as the method named them, matched = after per-slice matching",
+        f"{'method':<{w}}{'n':>5}  " + "".join(f"{h:>20}" for h, _, _ in cols),
+    ]
+    excluded = []
+    for m in present:
+        b = aggregates[m]["myops_per_case"]
+        n = aggregates[m]["volume"]["n_units"]
+        lines.append(f"{m:<{w}}{n:>5}  " + "".join(f"{_pm(b[f][k]):>20}" for _, f, k in cols))
+        ex = {h: b[f][k]["excluded"] for h, f, k in cols if b[f][k]["excluded"]}
+        if ex:
+            excluded.append(f"{m}: " + ", ".join(f"{h} {c}" for h, c in ex.items()))
+    if excluded:
+        lines.append("  excluded (no scar / edema in prediction nor GT): " + "; ".join(excluded))
+    return [*lines, ""]
+
+
+def _agreement_lines(aggregates: Mapping[str, Any], methods: Sequence[str], w: int) -> list[str]:
+    """Burden MAE, bias and 95 % limits of agreement per case and per slice, named and matched."""
+    lines = [
+        "Burden agreement with ground truth, points of % LV myocardium: MAE, bias = mean(pred - GT), "
+        "95 % limits of agreement = bias ± 1.96 SD",
+        f"{'method':<{w}}{'labels':>8}{'level':>7}{'n':>5}"
+        + "".join(
+            f"{h:>{cw}}"
+            for q in ("scar", "edema")
+            for h, cw in ((f"{q} MAE", 11), ("bias", 8), ("LoA", 18))
+        ),
+    ]
+    found = False
+    for m in methods:
+        agr = aggregates.get(m, {}).get("burden_agreement") or {}
+        for flavour in ("named", "matched"):
+            for level in ("case", "slice"):
+                stats = agr.get(level, {}).get(flavour)
+                if not stats:
+                    continue
+                found = True
+                cells = ""
+                for q in ("scar_pct", "edema_pct"):
+                    e = stats.get(q) or {}
+                    loa = (
+                        "-"
+                        if e.get("loa_low") is None
+                        else f"[{e['loa_low']:+.1f}, {e['loa_high']:+.1f}]"
+                    )
+                    bias = "-" if e.get("bias") is None else f"{e['bias']:+.1f}"
+                    cells += f"{_num(e.get('mae')):>11}{bias:>8}{loa:>18}"
+                n = (stats.get("scar_pct") or {}).get("n", 0)
+                lines.append(f"{m:<{w}}{flavour:>8}{level:>7}{n:>5}{cells}")
+    return [*lines, ""] if found else []
 
 
 def format_table(aggregates: Mapping[str, Any], methods: Sequence[str]) -> str:
@@ -821,6 +915,8 @@ def format_table(aggregates: Mapping[str, Any], methods: Sequence[str]) -> str:
             ]
         lines.append(f"{m:<{w}}" + "".join(f"{c:>12}" for c in cells))
     lines.append("")
+    lines += _myops_lines(aggregates, methods, w)
+    lines += _agreement_lines(aggregates, methods, w)
     lines.append("Runtime")
     lines.append(f"{'method':<{w}}{'segmented':>10}{'reused':>8}{'failed':>8}{'s/case':>16}")
     for m in methods:

@@ -111,7 +111,9 @@ def register(subparsers) -> None:
             "Segment every case of DATASET (MyoPS layout or one folder per case) with each "
             "method inside the ROI, write OUT/<method>/<case>.nii.gz (MyoPS values, source "
             "geometry), OUT/metrics.csv and OUT/summary.json, and print Dice (Hungarian-matched "
-            "per slice, and as named) per slice and per volume, burden and runtime. "
+            "per slice, and as named) per slice and per volume, the MyoPS 2020 per-case scores "
+            "(scar and scar ∪ edema Dice, as named and matched), burden agreement (MAE, bias, "
+            "limits of agreement per case and per slice) and runtime. "
             "Cases already segmented are reused unless --force. Exit status 1 when a case failed "
             "(the others are still evaluated and reported)."
         ),
