@@ -214,6 +214,6 @@ def test_the_cli_refuses_an_option_the_method_does_not_take(tiny_files, tmp_path
 
 
 def test_the_docs_method_table_is_the_registry(repo_root):
-    text = (repo_root / "docs/architecture.md").read_text()
+    text = (repo_root / "docs/architecture.md").read_text(encoding="utf-8")
     start = text.index("-->\n", text.index("<!-- method-table")) + 4
     assert text[start : text.index("<!-- /method-table -->")].strip() == methods.method_table()
