@@ -47,6 +47,40 @@ def _round_up(n: int, multiple: int) -> int:
     return int(-(-n // multiple) * multiple) if multiple > 1 else int(n)
 
 
+def _pack(
+    raw: np.ndarray,
+    rows: np.ndarray,
+    pos: np.ndarray | None,
+    shape: tuple[int, int],
+    crop_flat: np.ndarray,
+    vol_flat: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Packed ``(S, N_max, C)`` float32 pixels, validity, crop and volume indices.
+
+    ``raw`` ``(P, C)`` holds the normalised ROI pixels, ``rows`` / ``pos`` their row and
+    position (``pos`` None: no padding, every row is full).
+    """
+    n_rows, n_max = shape
+    n_ch = raw.shape[-1]
+    # Without padding the packed position of every ROI pixel is 0, 1, 2... (a reshape).
+    if pos is None:
+        x = raw.astype(np.float32).reshape(n_rows, n_max, n_ch)
+        valid = np.ones((n_rows, n_max), dtype=bool)
+        flat_index = crop_flat.astype(np.int64).reshape(n_rows, n_max)
+        volume_index = vol_flat.astype(np.int64).reshape(n_rows, n_max)
+    else:
+        dest = rows.astype(np.int64) * n_max + pos
+        x = np.zeros((n_rows, n_max, n_ch), dtype=np.float32)
+        x.reshape(-1, n_ch)[dest] = raw
+        valid = np.zeros((n_rows, n_max), dtype=bool)
+        valid.reshape(-1)[dest] = True
+        flat_index = np.zeros((n_rows, n_max), dtype=np.int64)
+        flat_index.reshape(-1)[dest] = crop_flat
+        volume_index = np.full((n_rows, n_max), -1, dtype=np.int64)
+        volume_index.reshape(-1)[dest] = vol_flat
+    return x, valid, flat_index, volume_index
+
+
 def _crop_boxes(
     yy: np.ndarray,
     xx: np.ndarray,
@@ -328,22 +362,9 @@ class SliceBatch:
         scale = np.where(std > tiny, std, 1.0)
         rowwise(np.divide, raw, scale)  # (raw - loc) / scale
 
-        # Without padding the packed position of every ROI pixel is 0, 1, 2... (a reshape).
-        if not padded:
-            x = raw.astype(np.float32).reshape(n_rows, n_max, n_ch)
-            valid = np.ones((n_rows, n_max), dtype=bool)
-            flat_index = crop_flat.astype(np.int64).reshape(n_rows, n_max)
-            volume_index = vol_flat.astype(np.int64).reshape(n_rows, n_max)
-        else:
-            dest = rows.astype(np.int64) * n_max + pos
-            x = np.zeros((n_rows, n_max, n_ch), dtype=np.float32)
-            x.reshape(-1, n_ch)[dest] = raw
-            valid = np.zeros((n_rows, n_max), dtype=bool)
-            valid.reshape(-1)[dest] = True
-            flat_index = np.zeros((n_rows, n_max), dtype=np.int64)
-            flat_index.reshape(-1)[dest] = crop_flat
-            volume_index = np.full((n_rows, n_max), -1, dtype=np.int64)
-            volume_index.reshape(-1)[dest] = vol_flat
+        x, valid, flat_index, volume_index = _pack(
+            raw, rows, pos if padded else None, (n_rows, n_max), crop_flat, vol_flat
+        )
         del raw
 
         dev = resolve_device(device)
