@@ -146,3 +146,76 @@ def test_a_pipeline_method_gets_the_volume_and_returns_the_fit(monkeypatch):
     assert seen["shape"] == case.images.shape and seen["roi"] == int(case.roi().sum())
     assert seen["options"] == ToyOptions(shift=1.0) and seen["channels"] == case.channels
     assert fit.n_iter_.max() <= 2
+
+
+# ------------------------------------------------------------------ every registered method
+def _fast(name: str) -> dict:
+    """Options that keep a method to a second or two on tiny images."""
+    return {"max_epochs": 2, "min_epochs": 1} if METHODS[name].family == "deep" else {}
+
+
+@pytest.fixture(scope="module")
+def tiny_case():
+    from napari_gmmseg.phantom import make_case
+
+    return make_case(1, n_slices=2, size=48)
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tiny_case, tmp_path_factory):
+    from napari_gmmseg import io
+    from napari_gmmseg.naming import DEFAULT_PRIOR
+
+    folder = tmp_path_factory.mktemp("tiny")
+    paths = {}
+    for name, tag in (("bSSFP", "C0"), ("LGE", "DE"), ("T2", "T2")):
+        paths[name] = folder / f"c_{tag}.nii.gz"
+        io.save_volume(tiny_case.image(name), tiny_case.geometry, paths[name])
+    paths["mask"] = folder / "c_gd.nii.gz"
+    io.save_labels(tiny_case.labels, tiny_case.geometry, paths["mask"])
+    paths["mu"] = folder / "mu.json"
+    DEFAULT_PRIOR.save(paths["mu"])
+    return paths
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_registered_method_runs_through_segment_and_the_cli(
+    name, tiny_case, tiny_files, tmp_path
+):
+    from napari_gmmseg import io
+    from napari_gmmseg.cli import main
+    from napari_gmmseg.segment import segment_case
+
+    roi = tiny_case.roi()
+    fit = segment_case(tiny_case, method=name, seed=1, **_fast(name))
+    assert fit.method == name and fit.finished.all()
+    assert set(np.unique(fit.labels[roi])) <= {200, 500, 1220, 2221} and not fit.labels[~roi].any()
+    assert fit.params["method_options"] == _fast(name)
+
+    out = tmp_path / "out.nii.gz"
+    args = ["segment", "--quiet", "--method", name, "--out", str(out), "--seed", "1"]
+    args += ["--bssfp", str(tiny_files["bSSFP"]), "--lge", str(tiny_files["LGE"])]
+    args += ["--t2", str(tiny_files["T2"]), "--roi", str(tiny_files["mask"])]
+    for key, value in _fast(name).items():
+        args += ["--" + key.replace("_", "-"), str(value)]
+    if METHODS[name].accepts("mu_data"):
+        args += ["--mu-data", str(tiny_files["mu"])]  # as the deep-methods issue specified
+    assert main(args) == 0
+    np.testing.assert_array_equal(io.read_labels(out)[roi] > 0, True)
+
+
+def test_the_cli_refuses_an_option_the_method_does_not_take(tiny_files, tmp_path, capsys):
+    from napari_gmmseg.cli import main
+
+    out = tmp_path / "out.nii.gz"
+    args = ["segment", "--bssfp", str(tiny_files["bSSFP"]), "--out", str(out)]
+    assert main([*args, "--method", "deepg", "--n-init", "3"]) == 1
+    assert "--n-init does not apply to method deepg" in capsys.readouterr().err
+    assert main([*args, "--method", "gmm", "--max-epochs", "3"]) == 1
+    assert not out.exists()
+
+
+def test_the_docs_method_table_is_the_registry(repo_root):
+    text = (repo_root / "docs/architecture.md").read_text(encoding="utf-8")
+    start = text.index("-->\n", text.index("<!-- method-table")) + 4
+    assert text[start : text.index("<!-- /method-table -->")].strip() == methods.method_table()

@@ -88,3 +88,45 @@ def test_wheel_contains_identical_manifest(tmp_path):
         ).decode()
     assert "napari_gmmseg:napari.yaml" in entry_points
     assert "napari-gmmseg = napari_gmmseg.cli:main" in entry_points
+
+
+def _public_modules() -> list[str]:
+    import pkgutil
+
+    names = ["napari_gmmseg"]
+    for info in pkgutil.walk_packages(napari_gmmseg.__path__, "napari_gmmseg."):
+        names.append(info.name)
+    return sorted(names)
+
+
+@pytest.mark.parametrize("module_name", _public_modules())
+def test_every_name_in_all_exists_and_can_be_inspected(module_name):
+    import importlib
+    import inspect
+
+    module = importlib.import_module(module_name)
+    for name in getattr(module, "__all__", ()):
+        obj = getattr(module, name)  # AttributeError: __all__ promises a missing name
+        if callable(obj) and not isinstance(obj, type(pytest)):
+            assert inspect.signature(obj) is not None, f"{module_name}.{name}"
+
+
+def test_lazy_public_functions_reach_their_implementation():
+    from napari_gmmseg import deep
+
+    # deep.train imported a module that did not exist (issue 15): it must reach training.train.
+    with pytest.raises(TypeError, match="train\\(\\) missing"):
+        deep.train()
+
+
+def test_no_function_in_src_is_longer_than_150_lines():
+    import ast
+
+    long = []
+    for path in sorted((ROOT / "src").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > 150:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({n} lines)")
+    assert long == []

@@ -89,16 +89,14 @@ def assert_tissue_labels(layer, case, roi):
 DEEP = pytest.mark.slow  # MONAI import + a few epochs of per-slice U-Nets
 
 
-@pytest.mark.parametrize(
-    "method",
-    [
-        "gmm",
-        "svgmm",
-        pytest.param("deepg", marks=DEEP),
-        pytest.param("deepsvg", marks=DEEP),
-        pytest.param("deepsvg-mu", marks=DEEP),
-    ],
-)
+def _registered_methods() -> list:
+    """Every method of the registry (deep ones marked slow)."""
+    from napari_gmmseg.methods import METHODS
+
+    return [pytest.param(n, marks=DEEP) if s.family == "deep" else n for n, s in METHODS.items()]
+
+
+@pytest.mark.parametrize("method", _registered_methods())
 def test_each_method_fills_a_tissue_labels_layer(
     make_napari_viewer_proxy, qtbot, case, errors, method, tmp_path
 ):
@@ -428,3 +426,29 @@ def test_segment_menu_opens_the_widgets(make_napari_viewer_proxy):
     from napari_gmmseg._widgets import SegmentWidget
 
     assert any(isinstance(w, SegmentWidget) for w in viewer.window.dock_widgets.values())
+
+
+def test_method_option_rows_come_from_the_options_dataclass(make_napari_viewer_proxy, case, errors):
+    from napari_gmmseg.errors import ModelError
+    from napari_gmmseg.methods import EMOptions
+
+    viewer = make_napari_viewer_proxy()
+    add_case(viewer, case)
+    widget = segment_widget(viewer, "svgmm")
+    form = widget.options_form
+    # one row per dock field of the method's dataclass, showing its default
+    assert form.widget("spatial").value == EMOptions().spatial
+    assert float(form.widget("reg_covar").value) == EMOptions().reg_covar
+    assert "n_init" not in widget.build_request().kwargs  # defaults are not passed on
+    form.widget("spatial").value = "smooth"
+    form.widget("beta").value = "0.25"
+    kwargs = widget.build_request().kwargs
+    assert kwargs["spatial"] == "smooth" and kwargs["beta"] == 0.25
+    # deep methods show their own rows; a bad value is refused before any work
+    widget.method.setCurrentIndex(widget.method.findData("deepsvg"))
+    form.widget("lr").value = "fast"
+    with pytest.raises(ModelError, match="lr must be a number"):
+        widget.build_request()
+    form.widget("lr").value = "-1"
+    with pytest.raises(ModelError, match="lr must be > 0"):
+        widget.build_request()

@@ -27,9 +27,11 @@ Adding a method is one module with its fit function (and options dataclass) plus
 one entry in :data:`METHODS` (or :func:`register` at run time); the CLI flags, the
 Segment dock's rows and the docs table are generated from the entry.
 
-Option fields carry ``metadata={"help": ..., "choices": ..., "cli": False}``:
-``help`` is the CLI/tooltip text, ``choices`` the allowed strings, ``cli=False``
-keeps a field (an array, a callable) off the command line and out of the dock.
+Option fields carry ``metadata={"help": ..., "choices": ..., "cli": False, "dock":
+False}``: ``help`` is the CLI/tooltip text, ``choices`` the allowed strings,
+``cli=False`` keeps a field (an array, a callable) off the command line and out of
+the dock, ``dock=False`` only out of the Segment dock's option rows (the dock shows
+it elsewhere, or it is an engine detail).
 """
 
 from __future__ import annotations
@@ -125,13 +127,17 @@ class EMOptions:
     )
     beta: float = field(default=1.0, metadata=_meta("strength of --spatial"))
     n_init: int = field(
-        default=1, metadata=_meta("EM restarts per slice, fitted together; the lowest NLL is kept")
+        default=1,
+        metadata=_meta(
+            "EM restarts per slice, fitted together; the lowest NLL is kept", dock=False
+        ),
     )
     dtype: str = field(
-        default="float32", metadata=_meta("working precision", choices=("float32", "float64"))
+        default="float32",
+        metadata=_meta("working precision", choices=("float32", "float64"), dock=False),
     )
     check_every: int = field(
-        default=5, metadata=_meta("host look at the stop flags every N iterations")
+        default=5, metadata=_meta("host look at the stop flags every N iterations", dock=False)
     )
     chunk_pixels: int | None = field(
         default=None, metadata=_meta("pixels per E-step tile on the CPU (default 65536)")
@@ -183,9 +189,11 @@ class DeepOptions:
     See :func:`napari_gmmseg.deep.fit_deep`.
     """
 
-    max_epochs: int = field(default=200, metadata=_meta("epochs of the per-slice optimisation"))
+    max_epochs: int = field(
+        default=200, metadata=_meta("epochs of the per-slice optimisation", dock=False)
+    )
     min_epochs: int = field(
-        default=10, metadata=_meta("epochs before the tolerance can stop a slice")
+        default=10, metadata=_meta("epochs before the tolerance can stop a slice", dock=False)
     )
     lr: float = field(default=1e-3, metadata=_meta("AdamW learning rate"))
     weight_decay: float = field(default=1e-3, metadata=_meta("AdamW weight decay"))

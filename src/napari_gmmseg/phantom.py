@@ -124,79 +124,22 @@ def _ellipse(x, y, cx, cy, a, b, rot=0.0) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- generator
-def make_case(
-    seed: int = 0,
+def _anatomy(
+    rng: np.random.Generator,
+    x: np.ndarray,
+    y: np.ndarray,
+    n_slices: int,
     *,
-    n_slices: int = 5,
-    size: int = 128,
-    infarct: bool = True,
-    pixel_mm: float = 1.25,
-    slice_mm: float = 10.0,
-    noise: float = 0.08,
-    contrast: float = 1.0,
-    bias: float = 0.2,
-    texture: float = 0.05,
-    transmural: float = 0.9,
-    scar_free_slices: Sequence[int] | None = None,
-    upsample: int = 3,
-    oblique: bool = True,
-    case_id: str | None = None,
-) -> Case:
-    """Draw one multi-sequence short-axis CMR case with MyoPS ground truth.
+    infarct: bool,
+    transmural: float,
+    scar_free_slices: Sequence[int] | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Tissue index of every fine-grid pixel ``(Z, Y_hi, X_hi)`` int8, and the LV centre (mm).
 
-    Parameters
-    ----------
-    seed : int
-        Seed of every random choice; the same seed gives the same case.
-    n_slices : int
-        Short-axis slices from base (slice 0) to apex.
-    size : int
-        In-plane matrix (``size x size`` pixels).
-    infarct : bool
-        Draw an infarct (scar inside edema).  False gives healthy myocardium.
-    pixel_mm, slice_mm : float
-        In-plane pixel size and slice spacing in mm.
-    noise : float
-        Rician noise sigma as a fraction of the myocardial signal (difficulty).
-    contrast : float
-        Scales every tissue's contrast to myocardium: 1 is calibrated, 0.5 halves
-        the differences (harder), 0 makes all tissues equal to myocardium.
-    bias : float
-        Peak-to-centre amplitude of the smooth multiplicative bias field.
-    texture : float
-        Relative standard deviation of the smooth tissue texture.
-    transmural : float
-        Scar depth at the infarct centre as a fraction of the wall (0-1); the
-        sector edges are always subendocardial.
-    scar_free_slices : sequence of int, optional
-        Slices that keep the edema but have no scar.  Default: the most apical
-        slice when ``n_slices >= 4``, none otherwise.
-    upsample : int
-        Fine-grid factor for partial volume (odd values keep voxel centres on
-        the fine grid; 1 turns partial volume off).
-    oblique : bool
-        Use a rotated, scanner-like affine instead of an axis-aligned one.
-    case_id : str, optional
-        Defaults to ``f"{1001 + seed}"``.
-
-    Returns
-    -------
-    Case
-        ``images`` (Z, Y, X, 3) float32 holding integer values (as stored in
-        int16 files), channels ``("bSSFP", "LGE", "T2")``, MyoPS ``labels``.
+    ``x``, ``y`` are the fine-grid pixel centres in mm; the case-level anatomy is drawn
+    from ``rng`` first, then each slice from base (0) to apex is painted.
     """
-    if n_slices < 1 or size < 32:
-        raise ValueError("n_slices must be >= 1 and size >= 32")
-    if upsample < 1:
-        raise ValueError("upsample must be >= 1")
-    rng = np.random.default_rng(seed)
-    up = int(upsample)
-    n_hi = size * up
-    # fine-grid pixel centres in mm relative to the image centre; x = columns, y = rows
-    coords = ((np.arange(n_hi) + 0.5) / up - size / 2.0) * pixel_mm
-    x, y = np.meshgrid(coords, coords)  # (Y, X)
-
-    # ---- case-level random anatomy ----
+    n_hi = x.shape[0]
     lv_c0 = rng.uniform(-6, 6, size=2) + np.array([8.0, 2.0])  # LV centre (x, y) at the base
     lv_drift = rng.uniform(-4, 4, size=2)  # base -> apex drift of the LV centre
     r_endo0 = rng.uniform(15.0, 19.0)  # endocardial radius at the base
@@ -300,13 +243,25 @@ def make_case(
                 paint(np.hypot(x - px, y - py) < 0.22 * r_endo, "papillary")
         hi_labels[z] = lab
 
-    # ---- ground truth: label at each voxel centre ----
-    c = up // 2
-    myops = np.array(list(TISSUES.values()), dtype=np.int32)
-    labels = myops[hi_labels[:, c::up, c::up]]
+    return hi_labels, lv_c0
 
-    # ---- intensities per sequence ----
-    channels = DEFAULT_CHANNELS
+
+def _intensities(
+    rng: np.random.Generator,
+    hi_labels: np.ndarray,
+    lv_c0: np.ndarray,
+    channels: Sequence[str],
+    *,
+    size: int,
+    up: int,
+    pixel_mm: float,
+    contrast: float,
+    bias: float,
+    texture: float,
+    noise: float,
+) -> np.ndarray:
+    """``(Z, Y, X, C)`` float32 magnitudes: tissue LUT, bias field, texture, Rician noise."""
+    n_slices = hi_labels.shape[0]
     images = np.empty((n_slices, size, size, len(channels)), dtype=np.float32)
     yy, xx = np.meshgrid(np.linspace(-1, 1, size), np.linspace(-1, 1, size), indexing="ij")
     lv_px = (lv_c0 / pixel_mm + size / 2.0) / size * 2 - 1  # LV centre in [-1, 1] coords (x, y)
@@ -337,6 +292,103 @@ def make_case(
             n2 = rng.normal(0.0, sigma, size=signal.shape)
             mag = np.sqrt((signal + n1) ** 2 + n2**2)
             images[z, :, :, ci] = np.clip(np.round(mag), 0, 32767)
+
+    return images
+
+
+def make_case(
+    seed: int = 0,
+    *,
+    n_slices: int = 5,
+    size: int = 128,
+    infarct: bool = True,
+    pixel_mm: float = 1.25,
+    slice_mm: float = 10.0,
+    noise: float = 0.08,
+    contrast: float = 1.0,
+    bias: float = 0.2,
+    texture: float = 0.05,
+    transmural: float = 0.9,
+    scar_free_slices: Sequence[int] | None = None,
+    upsample: int = 3,
+    oblique: bool = True,
+    case_id: str | None = None,
+) -> Case:
+    """Draw one multi-sequence short-axis CMR case with MyoPS ground truth.
+
+    Parameters
+    ----------
+    seed : int
+        Seed of every random choice; the same seed gives the same case.
+    n_slices : int
+        Short-axis slices from base (slice 0) to apex.
+    size : int
+        In-plane matrix (``size x size`` pixels).
+    infarct : bool
+        Draw an infarct (scar inside edema).  False gives healthy myocardium.
+    pixel_mm, slice_mm : float
+        In-plane pixel size and slice spacing in mm.
+    noise : float
+        Rician noise sigma as a fraction of the myocardial signal (difficulty).
+    contrast : float
+        Scales every tissue's contrast to myocardium: 1 is calibrated, 0.5 halves
+        the differences (harder), 0 makes all tissues equal to myocardium.
+    bias : float
+        Peak-to-centre amplitude of the smooth multiplicative bias field.
+    texture : float
+        Relative standard deviation of the smooth tissue texture.
+    transmural : float
+        Scar depth at the infarct centre as a fraction of the wall (0-1); the
+        sector edges are always subendocardial.
+    scar_free_slices : sequence of int, optional
+        Slices that keep the edema but have no scar.  Default: the most apical
+        slice when ``n_slices >= 4``, none otherwise.
+    upsample : int
+        Fine-grid factor for partial volume (odd values keep voxel centres on
+        the fine grid; 1 turns partial volume off).
+    oblique : bool
+        Use a rotated, scanner-like affine instead of an axis-aligned one.
+    case_id : str, optional
+        Defaults to ``f"{1001 + seed}"``.
+
+    Returns
+    -------
+    Case
+        ``images`` (Z, Y, X, 3) float32 holding integer values (as stored in
+        int16 files), channels ``("bSSFP", "LGE", "T2")``, MyoPS ``labels``.
+    """
+    if n_slices < 1 or size < 32:
+        raise ValueError("n_slices must be >= 1 and size >= 32")
+    if upsample < 1:
+        raise ValueError("upsample must be >= 1")
+    rng = np.random.default_rng(seed)
+    up = int(upsample)
+    n_hi = size * up
+    # fine-grid pixel centres in mm relative to the image centre; x = columns, y = rows
+    coords = ((np.arange(n_hi) + 0.5) / up - size / 2.0) * pixel_mm
+    x, y = np.meshgrid(coords, coords)  # (Y, X)
+
+    hi_labels, lv_c0 = _anatomy(
+        rng,
+        x,
+        y,
+        n_slices,
+        infarct=infarct,
+        transmural=transmural,
+        scar_free_slices=scar_free_slices,
+    )
+
+    # ---- ground truth: label at each voxel centre ----
+    c = up // 2
+    myops = np.array(list(TISSUES.values()), dtype=np.int32)
+    labels = myops[hi_labels[:, c::up, c::up]]
+
+    # ---- intensities per sequence ----
+    channels = DEFAULT_CHANNELS
+    images = _intensities(
+        rng, hi_labels, lv_c0, channels, size=size, up=up, pixel_mm=pixel_mm,
+        contrast=contrast, bias=bias, texture=texture, noise=noise,
+    )  # fmt: skip
 
     # ---- scanner-like geometry ----
     spacing_xyz = np.array([pixel_mm, pixel_mm, slice_mm])

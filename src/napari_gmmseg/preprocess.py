@@ -47,6 +47,80 @@ def _round_up(n: int, multiple: int) -> int:
     return int(-(-n // multiple) * multiple) if multiple > 1 else int(n)
 
 
+def _pack(
+    raw: np.ndarray,
+    rows: np.ndarray,
+    pos: np.ndarray | None,
+    shape: tuple[int, int],
+    crop_flat: np.ndarray,
+    vol_flat: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Packed ``(S, N_max, C)`` float32 pixels, validity, crop and volume indices.
+
+    ``raw`` ``(P, C)`` holds the normalised ROI pixels, ``rows`` / ``pos`` their row and
+    position (``pos`` None: no padding, every row is full).
+    """
+    n_rows, n_max = shape
+    n_ch = raw.shape[-1]
+    # Without padding the packed position of every ROI pixel is 0, 1, 2... (a reshape).
+    if pos is None:
+        x = raw.astype(np.float32).reshape(n_rows, n_max, n_ch)
+        valid = np.ones((n_rows, n_max), dtype=bool)
+        flat_index = crop_flat.astype(np.int64).reshape(n_rows, n_max)
+        volume_index = vol_flat.astype(np.int64).reshape(n_rows, n_max)
+    else:
+        dest = rows.astype(np.int64) * n_max + pos
+        x = np.zeros((n_rows, n_max, n_ch), dtype=np.float32)
+        x.reshape(-1, n_ch)[dest] = raw
+        valid = np.zeros((n_rows, n_max), dtype=bool)
+        valid.reshape(-1)[dest] = True
+        flat_index = np.zeros((n_rows, n_max), dtype=np.int64)
+        flat_index.reshape(-1)[dest] = crop_flat
+        volume_index = np.full((n_rows, n_max), -1, dtype=np.int64)
+        volume_index.reshape(-1)[dest] = vol_flat
+    return x, valid, flat_index, volume_index
+
+
+def _crop_boxes(
+    yy: np.ndarray,
+    xx: np.ndarray,
+    first: np.ndarray,
+    yx_dim: tuple[int, int],
+    crop_margin: int,
+    crop_multiple: int,
+    crop_size: int | tuple[int, int] | None,
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Top-left corners ``(Z_roi,)`` and the common crop ``height, width`` of every slice.
+
+    ``yy``, ``xx`` are the ROI pixel coordinates in raster order and ``first`` the index
+    of each slice's first pixel. Each box is centred on its slice's ROI bounding box,
+    kept inside the image when it fits, and always covers the ROI.
+    """
+    y_dim, x_dim = yx_dim
+    y_min = np.minimum.reduceat(yy, first)
+    y_max = np.maximum.reduceat(yy, first)
+    x_min = np.minimum.reduceat(xx, first)
+    x_max = np.maximum.reduceat(xx, first)
+    margin = max(int(crop_margin), 1)
+    if crop_size is None:
+        height = _round_up(int((y_max - y_min).max()) + 1 + 2 * margin, crop_multiple)
+        width = _round_up(int((x_max - x_min).max()) + 1 + 2 * margin, crop_multiple)
+    else:
+        height, width = (crop_size, crop_size) if np.isscalar(crop_size) else crop_size
+        height, width = int(height), int(width)
+        if height < int((y_max - y_min).max()) + 1 or width < int((x_max - x_min).max()) + 1:
+            raise RoiError(f"crop_size {(height, width)} is smaller than the ROI bounding box")
+    y0 = (y_min + y_max + 1) // 2 - height // 2
+    x0 = (x_min + x_max + 1) // 2 - width // 2
+    # Keep the box inside the image when it fits, but always around the ROI.
+    y0 = np.clip(y0, min(0, y_dim - height), max(0, y_dim - height))
+    x0 = np.clip(x0, min(0, x_dim - width), max(0, x_dim - width))
+    y0 = np.minimum(np.maximum(y0, y_max + 1 - height), y_min)
+    x0 = np.minimum(np.maximum(x0, x_max + 1 - width), x_min)
+
+    return y0, x0, height, width
+
+
 def check_volume(
     images: Any, roi: Any = None, channels: Any = None
 ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
@@ -235,26 +309,9 @@ class SliceBatch:
         srow = np.repeat(np.arange(zs), counts)  # crop row of each ROI pixel
 
         # Crop boxes: common (H, W), centred on each slice's ROI bounding box.
-        y_min = np.minimum.reduceat(yy, first)
-        y_max = np.maximum.reduceat(yy, first)
-        x_min = np.minimum.reduceat(xx, first)
-        x_max = np.maximum.reduceat(xx, first)
-        margin = max(int(crop_margin), 1)
-        if crop_size is None:
-            height = _round_up(int((y_max - y_min).max()) + 1 + 2 * margin, crop_multiple)
-            width = _round_up(int((x_max - x_min).max()) + 1 + 2 * margin, crop_multiple)
-        else:
-            height, width = (crop_size, crop_size) if np.isscalar(crop_size) else crop_size
-            height, width = int(height), int(width)
-            if height < int((y_max - y_min).max()) + 1 or width < int((x_max - x_min).max()) + 1:
-                raise RoiError(f"crop_size {(height, width)} is smaller than the ROI bounding box")
-        y0 = (y_min + y_max + 1) // 2 - height // 2
-        x0 = (x_min + x_max + 1) // 2 - width // 2
-        # Keep the box inside the image when it fits, but always around the ROI.
-        y0 = np.clip(y0, min(0, y_dim - height), max(0, y_dim - height))
-        x0 = np.clip(x0, min(0, x_dim - width), max(0, x_dim - width))
-        y0 = np.minimum(np.maximum(y0, y_max + 1 - height), y_min)
-        x0 = np.minimum(np.maximum(x0, x_max + 1 - width), x_min)
+        y0, x0, height, width = _crop_boxes(
+            yy, xx, first, (y_dim, x_dim), crop_margin, crop_multiple, crop_size
+        )
         boxes = np.stack([y0, x0, np.full(zs, height), np.full(zs, width)], axis=1).astype(np.int64)
 
         cy = yy - np.repeat(y0, counts)  # y0[srow]: srow is sorted
@@ -305,22 +362,9 @@ class SliceBatch:
         scale = np.where(std > tiny, std, 1.0)
         rowwise(np.divide, raw, scale)  # (raw - loc) / scale
 
-        # Without padding the packed position of every ROI pixel is 0, 1, 2... (a reshape).
-        if not padded:
-            x = raw.astype(np.float32).reshape(n_rows, n_max, n_ch)
-            valid = np.ones((n_rows, n_max), dtype=bool)
-            flat_index = crop_flat.astype(np.int64).reshape(n_rows, n_max)
-            volume_index = vol_flat.astype(np.int64).reshape(n_rows, n_max)
-        else:
-            dest = rows.astype(np.int64) * n_max + pos
-            x = np.zeros((n_rows, n_max, n_ch), dtype=np.float32)
-            x.reshape(-1, n_ch)[dest] = raw
-            valid = np.zeros((n_rows, n_max), dtype=bool)
-            valid.reshape(-1)[dest] = True
-            flat_index = np.zeros((n_rows, n_max), dtype=np.int64)
-            flat_index.reshape(-1)[dest] = crop_flat
-            volume_index = np.full((n_rows, n_max), -1, dtype=np.int64)
-            volume_index.reshape(-1)[dest] = vol_flat
+        x, valid, flat_index, volume_index = _pack(
+            raw, rows, pos if padded else None, (n_rows, n_max), crop_flat, vol_flat
+        )
         del raw
 
         dev = resolve_device(device)

@@ -243,11 +243,12 @@ def segment(
         Returns True to cancel (checked every iteration/epoch); finished slices are kept
         and the others left unlabelled (``Fit.finished`` False).
     **method_options
-        Passed to the method: for EM ``reg_covar``, ``spatial`` (``"none"``, ``"mrf"``,
-        ``"smooth"``), ``beta``, ``check_every``, ``chunk_pixels``, ``dtype``; for all
-        ``normalize`` (``"roi"``, ``"crop"``, ``"none"``) and ``return_probabilities``
-        (default True); deep options (``max_epochs``, ``lr``, ``weights``...) for the
-        deep methods.
+        For every method ``normalize`` (``"roi"``, ``"crop"``, ``"none"``) and
+        ``return_probabilities`` (default True); the others are the fields of the
+        method's options dataclass in :data:`napari_gmmseg.methods.METHODS`
+        (:class:`~napari_gmmseg.methods.EMOptions`: ``reg_covar``, ``spatial``, ``beta``,
+        ``n_init``...; :class:`~napari_gmmseg.methods.DeepOptions`: ``max_epochs``,
+        ``lr``, ``mu_data``, ``weights``...). Any other name is refused.
 
     Returns
     -------
@@ -262,8 +263,9 @@ def segment(
     RoiError
         ROI of the wrong shape, empty, or with fewer pixels than ``n_classes``.
     ModelError
-        Unknown method, init or covariance type, ``n_classes < 1``, channel names that do
-        not fit the prior table, unavailable device.
+        Unknown method, option, init or covariance type, a bad option value,
+        ``n_classes < 1``, channel names that do not fit the prior table, unavailable
+        device.
     """
     t0 = time.perf_counter()
     spec = get_method(method)

@@ -10,11 +10,8 @@ from __future__ import annotations
 import dataclasses
 import gc
 import inspect
-import queue
-import re
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -62,6 +59,9 @@ from napari_gmmseg._widgets._common import (
     tissue_features,
     value_name,
 )
+from napari_gmmseg._widgets._options import MethodOptionsForm
+from napari_gmmseg._widgets._roi import channel_name, roi_from_shapes
+from napari_gmmseg._widgets._worker import CoreError, SegmentRequest, segment_job
 from napari_gmmseg.autoroi import format_qc
 from napari_gmmseg.errors import GeometryError, GmmSegError, ModelError, RoiError
 from napari_gmmseg.labels import CLASSES, LV_ROI_VALUES
@@ -86,154 +86,6 @@ _DEEP_MAX_EPOCHS = DeepOptions().max_epochs
 DEFAULT_CHANNELS = _CASE_CHANNELS
 
 
-def channel_name(layer) -> str:
-    """Sequence name of an image layer: the reader's metadata, else guessed from the layer name."""
-    from napari_gmmseg._reader import CHANNEL_KEY
-
-    meta = layer.metadata.get(CHANNEL_KEY)
-    if isinstance(meta, str) and meta:
-        return meta
-    from napari_gmmseg.naming import CHANNEL_ALIASES
-
-    for token in re.split(r"[^a-z0-9]+", layer.name.lower()):
-        if token in CHANNEL_ALIASES:
-            return CHANNEL_ALIASES[token]
-    return layer.name
-
-
-def roi_from_shapes(shapes, reference, shape_zyx: tuple[int, int, int], all_slices: bool):
-    """Rasterise the polygons/rectangles/ellipses of a Shapes layer on an image layer's grid.
-
-    Vertices are mapped data -> world (shapes layer) -> data (reference image
-    layer), so a polygon drawn on a scaled image lands on the right voxels. A
-    shape drawn on one slice covers that slice only unless ``all_slices``; shapes
-    of a 2-D Shapes layer cover every slice.
-    """
-    import napari
-
-    kinds = [k for k in shapes.shape_type if k in ("polygon", "rectangle", "ellipse")]
-    if not kinds:
-        raise RoiError(
-            f"Shapes layer '{shapes.name}' has no polygon, rectangle or ellipse: draw one "
-            "around the left ventricle first"
-        )
-    datas, types = [], []
-    for verts, kind in zip(shapes.data, shapes.shape_type, strict=True):
-        if kind not in ("polygon", "rectangle", "ellipse"):
-            continue
-        verts = np.asarray(verts, dtype=float)
-        if verts.shape[1] == 2:
-            verts = np.column_stack([np.zeros(len(verts)), verts])
-            world = np.array([shapes.data_to_world(v[1:]) for v in verts])
-            world = np.column_stack([np.zeros(len(world)), world])
-            flat = True
-        else:
-            world = np.array([shapes.data_to_world(v) for v in verts])[:, -3:]
-            flat = False
-        data = np.array([reference.world_to_data(w) for w in world])[:, -3:]
-        data[:, 0] = np.round(data[:, 0]) if not flat else 0
-        datas.append((data, flat))
-        types.append(kind)
-    roi = np.zeros(shape_zyx, dtype=bool)
-    for (data, flat), kind in zip(datas, types, strict=True):
-        z = int(data[0, 0])
-        if np.ptp(data[:, 0]) > 0:
-            raise RoiError(f"a shape in '{shapes.name}' is not drawn on a single slice")
-        tmp = napari.layers.Shapes([data[:, 1:]], shape_type=kind, ndim=2)
-        mask2d = tmp.to_masks(mask_shape=shape_zyx[1:])[0].astype(bool)
-        if flat or all_slices:
-            roi |= mask2d[None]
-        elif 0 <= z < shape_zyx[0]:
-            roi[z] |= mask2d
-    return roi
-
-
-@dataclass
-class SegmentRequest:
-    """Everything one Run needs, captured when Run is pressed."""
-
-    images: np.ndarray
-    roi: np.ndarray
-    channels: tuple[str, ...]
-    channel_layers: list[Any]
-    reference: Any
-    kwargs: dict[str, Any]
-    roi_description: str
-    output_name: str
-    want_probabilities: bool
-    output: Any = None
-    started: float = field(default_factory=time.perf_counter)
-    written: int = -1
-
-
-_DONE = object()
-
-
-@dataclass
-class CoreError:
-    """A :class:`GmmSegError` from the core, returned (not raised) by :func:`segment_job`."""
-
-    error: GmmSegError
-
-
-def segment_job(request: SegmentRequest, stop: threading.Event):
-    """Generator run by the thread worker: yields :class:`Progress`, returns the Fit.
-
-    The core runs in a helper thread and reports through a queue; reports are
-    coalesced so a slow GUI never falls behind. A :class:`GmmSegError` is
-    returned wrapped in :class:`CoreError` (not raised) so the widget shows its
-    message without a traceback.
-    """
-    from napari_gmmseg.segment import segment
-
-    reports: queue.Queue = queue.Queue()
-    outcome: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            outcome["fit"] = segment(
-                request.images,
-                request.roi,
-                channels=request.channels,
-                progress=reports.put,
-                should_stop=stop.is_set,
-                **request.kwargs,
-            )
-        except BaseException as exc:  # handed to the generator's thread below
-            outcome["error"] = exc
-        finally:
-            reports.put(_DONE)
-
-    thread = threading.Thread(target=target, name="gmmseg-segment", daemon=True)
-    thread.start()
-    done = False
-    try:
-        while not done:
-            item = reports.get()
-            latest = None
-            while True:
-                if item is _DONE:
-                    done = True
-                    break
-                latest = item
-                try:
-                    item = reports.get_nowait()
-                except queue.Empty:
-                    break
-            if latest is not None:
-                yield latest
-    finally:
-        if not done:  # the worker was aborted (napari's activity dock): stop the core too
-            stop.set()
-    thread.join()
-    error = outcome.get("error")
-    if isinstance(error, GmmSegError):
-        return CoreError(error)
-    if error is not None:
-        raise error
-    return outcome["fit"]
-
-
 class SegmentWidget(QWidget):
     """Dock widget: segment scar and edema inside an ROI with GMM, SVGMM or a deep method.
 
@@ -244,8 +96,6 @@ class SegmentWidget(QWidget):
     """
 
     def __init__(self, napari_viewer: napari.Viewer, parent=None) -> None:
-        import napari
-
         super().__init__(parent)
         self.viewer = napari_viewer
         self.worker = None
@@ -256,7 +106,25 @@ class SegmentWidget(QWidget):
 
         layout = dock_layout(self)
 
-        # ------------------------------------------------------------ input
+        self._build_input(layout, napari_viewer)
+        self._build_model(layout)
+        self._build_run(layout)
+
+        # wiring
+        self.roi_layer.currentIndexChanged.connect(self._roi_changed)
+        self.method.currentIndexChanged.connect(self._method_changed)
+        events = napari_viewer.layers.events
+        for ev in (events.inserted, events.removed, events.reordered):
+            ev.connect(self._refresh_channels)
+        self._refresh_channels()
+        self._roi_changed()
+        self._method_changed()
+
+    # ---------------------------------------------------------------- form
+    def _build_input(self, layout, napari_viewer) -> None:
+        """Input box: channel layers and the ROI (Labels values or Shapes)."""
+        import napari
+
         box = QGroupBox("Input")
         form = QFormLayout(box)
         self.channel_list = CheckList(rows=5)
@@ -292,7 +160,8 @@ class SegmentWidget(QWidget):
             form.addRow("", w)
         layout.addWidget(box)
 
-        # ------------------------------------------------------------ model
+    def _build_model(self, layout) -> None:
+        """Model box: method, model file, K / seed / restarts, device, tolerance, options."""
         box = QGroupBox("Model")
         form = QFormLayout(box)
         self.method = QComboBox()
@@ -360,6 +229,14 @@ class SegmentWidget(QWidget):
         row.addWidget(self.max_iter)
         form.addRow("Tolerance", row)
 
+        # The chosen method's own options, built from its options dataclass (magicgui).
+        self.options_form = MethodOptionsForm()
+        form.addRow(self.options_form.native)
+        self._build_presence(form)
+        layout.addWidget(box)
+
+    def _build_presence(self, form) -> None:
+        """Presence row (fixed K, or drop an absent scar class) and the probability maps."""
         # Class presence (napari_gmmseg.presence): fixed K as the paper, or drop a scar
         # class that shows no LGE enhancement beyond blood/myocardium partial volume.
         self.presence = QComboBox()
@@ -391,9 +268,9 @@ class SegmentWidget(QWidget):
         self._presence_changed()
         self.probabilities = QCheckBox("add probability maps")
         form.addRow("", self.probabilities)
-        layout.addWidget(box)
 
-        # ------------------------------------------------------------ run
+    def _build_run(self, layout) -> None:
+        """Run / Cancel, progress, status and the volume table."""
         row = QHBoxLayout()
         self.run_button = QPushButton("Run")
         self.run_button.clicked.connect(self.run)
@@ -419,16 +296,6 @@ class SegmentWidget(QWidget):
         fit_table_height(self.table)
         layout.addWidget(self.table)
         layout.addStretch(1)
-
-        # ------------------------------------------------------------ wiring
-        self.roi_layer.currentIndexChanged.connect(self._roi_changed)
-        self.method.currentIndexChanged.connect(self._method_changed)
-        events = napari_viewer.layers.events
-        for ev in (events.inserted, events.removed, events.reordered):
-            ev.connect(self._refresh_channels)
-        self._refresh_channels()
-        self._roi_changed()
-        self._method_changed()
 
     # ---------------------------------------------------------------- helpers
     @staticmethod
@@ -486,6 +353,7 @@ class SegmentWidget(QWidget):
 
     def _method_changed(self, *_args) -> None:
         method = self.method.currentData()
+        self.options_form.show_method(method)
         deep = method in DEEP_METHODS
         self.model_file.setEnabled(deep)
         self.model_browse.setEnabled(deep)
@@ -608,6 +476,7 @@ class SegmentWidget(QWidget):
             if self.n_init.value() > 1:
                 kwargs["n_init"] = self.n_init.value()
         kwargs.update(self._deep_options(method))
+        kwargs.update(self.options_form.values())
         label = dict((v, t) for t, v in METHOD_CHOICES)[method]
         return SegmentRequest(
             images=images,

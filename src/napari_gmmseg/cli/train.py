@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from napari_gmmseg.deep.losses import DEEP_METHODS
+
 
 def register(subparsers) -> None:
     """Add the ``train`` sub-command."""
@@ -22,9 +24,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("dataset", metavar="DATASET", help="labelled dataset folder")
     p.add_argument("--out", required=True, help="model file to write (e.g. model.pt)")
-    p.add_argument(
-        "--method", default="deepsvg-mu", choices=("deepg", "deepsvg", "deepsvg-mu"), help="loss"
-    )
+    p.add_argument("--method", default="deepsvg-mu", choices=DEEP_METHODS, help="loss")
     p.add_argument("--mu-data", help="mu_data JSON (napari-gmmseg mu-data); default: computed")
     p.add_argument("--lam", type=float, default=1.0, help="weight of the mean penalty")
     p.add_argument("--epochs", type=int, default=50, help="passes over all training slices")

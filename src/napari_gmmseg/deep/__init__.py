@@ -37,7 +37,7 @@ __all__ = [
 
 
 def train(*args, **kwargs):
-    """Algorithm 4: see :func:`napari_gmmseg.deep.train.train`."""
-    from napari_gmmseg.deep.train import train as _train
+    """Algorithm 4: see :func:`napari_gmmseg.deep.training.train`."""
+    from napari_gmmseg.deep.training import train as _train
 
     return _train(*args, **kwargs)

@@ -6,7 +6,7 @@ Called lazily by :func:`napari_gmmseg.segment.segment` for ``method`` in
 - ``weights=None``: Algorithm 3, a fresh network per slice, all slices optimised
   together (:func:`napari_gmmseg.deep.optimize.optimize_slices`);
 - ``weights=path``: Algorithm 4 inference, the trained network of a model file
-  (:func:`napari_gmmseg.deep.train.train`) applied in one forward pass per slice.
+  (:func:`napari_gmmseg.deep.training.train`) applied in one forward pass per slice.
 
 Either way the responsibilities are the network's softmax at the ROI pixels and
 the mixture parameters come from the closed-form M-step.
@@ -106,7 +106,7 @@ def fit_deep(
     lam : float, default 1
         Weight of the mean penalty.
     weights : path-like, optional
-        A model file from :func:`napari_gmmseg.deep.train.train`: apply it (one forward
+        A model file from :func:`napari_gmmseg.deep.training.train`: apply it (one forward
         pass per slice) instead of optimising a network per slice.
     network : str, dict or NetworkConfig, default "small"
         Architecture of the per-slice networks (presets in

@@ -353,158 +353,232 @@ def optimize_slices(
     if x.device.type == "cpu":
         threads = default_cpu_threads() if num_threads is None else int(num_threads)
     with cpu_threads(threads):
-        import torch
-
-        from napari_gmmseg.deep.losses import mixture_loss, spatially_variant
-        from napari_gmmseg.deep.networks import StackedNetworks, resolve_config
-        from napari_gmmseg.fit import Progress, RowUpdate
-
-        t_start = time.perf_counter()
-        spatially_variant(method)
-        if int(max_epochs) < 1 or int(min_epochs) < 1 or tol < 0 or lr <= 0:
-            raise ModelError(
-                "max_epochs and min_epochs must be >= 1, tol >= 0 and lr > 0 "
-                f"(got {max_epochs}, {min_epochs}, {tol}, {lr})"
-            )
-        config = resolve_config(network)
-        device = x.device
-        n_slices, _, n_ch = x.shape
-        if crops.shape[0] != n_slices or crops.shape[1] != n_ch or len(seeds) != n_slices:
-            raise ModelError(
-                f"inconsistent batch: x {tuple(x.shape)}, crops {tuple(crops.shape)}, "
-                f"{len(seeds)} seeds"
-            )
-        if amp is None:
-            amp = device.type == "cuda"
-        if sync_every is None:
-            sync_every = 1 if device.type == "cpu" else 5
-        zs = np.asarray(slice_index if slice_index is not None else np.arange(n_slices))
-        if mu_data is not None:
-            mu_data = torch.as_tensor(mu_data, dtype=torch.float32, device=device)
-
-        crops, flat_index = pad_crops(crops.float(), flat_index, config.multiple)
-        nets = StackedNetworks(n_ch, n_classes, config, seeds, device=device)
-        forward = nets.functional()
-        opt = StackedAdamW(nets.params, lr=lr, weight_decay=weight_decay)
-        params = nets.params
-
-        n_px = x.shape[1]
-        out_resp = torch.zeros(n_slices, n_px, n_classes, device=device)
-        out_w = torch.zeros(n_slices, n_classes, device=device)
-        out_mu = torch.zeros(n_slices, n_classes, n_ch, device=device)
-        if covariance_type == "full":
-            out_cov = torch.eye(n_ch, device=device).expand(n_slices, n_classes, n_ch, n_ch).clone()
-        else:
-            out_cov = torch.ones(n_slices, n_classes, n_ch, device=device)
-        hist = torch.full((n_slices, int(max_epochs)), float("nan"), device=device)
-        n_iter = torch.zeros(n_slices, dtype=torch.long, device=device)
-        converged = torch.zeros(n_slices, dtype=torch.bool, device=device)
-        finished = torch.zeros(n_slices, dtype=torch.bool, device=device)
-
-        rows = torch.arange(n_slices, device=device)  # original row of each working row
-        w_x, w_valid, w_crops, w_fi = x, valid, crops, flat_index
-        active = torch.ones(n_slices, dtype=torch.bool, device=device)
-        prev = torch.full((n_slices,), float("inf"), device=device)
-        terms = None
-        epoch = 0
-        stopped = False
-
-        def store(mask: Any, t: int) -> None:
-            """Copy this epoch's outputs of the working rows in ``mask`` (no host sync)."""
-            m1 = mask.view(-1, 1)
-            m2 = mask.view(-1, 1, 1)
-            out_resp[rows] = torch.where(m2, terms.resp.detach(), out_resp[rows])
-            out_w[rows] = torch.where(m1, terms.weights.detach(), out_w[rows])
-            out_mu[rows] = torch.where(m2, terms.means.detach(), out_mu[rows])
-            mc = mask.view(-1, *([1] * (out_cov.ndim - 1)))
-            out_cov[rows] = torch.where(mc, terms.covariances.detach(), out_cov[rows])
-            n_iter[rows] = torch.where(mask, t, n_iter[rows])
-
-        reported = np.zeros(n_slices, dtype=bool)  # rows whose final state went to ``progress``
-
-        def new_rows(fin_np: np.ndarray) -> RowUpdate | None:
-            """Final softmax and means of the rows finished since the last report (frozen)."""
-            fresh = np.nonzero(fin_np & ~reported)[0]
-            if fresh.size == 0:
-                return None
-            reported[fresh] = True
-            idx = torch.as_tensor(fresh, device=device)
-            return RowUpdate(fresh, out_resp[idx].cpu(), out_mu[idx].cpu())
-
-        for epoch in range(1, int(max_epochs) + 1):
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bool(amp)):
-                logits = forward(params, w_crops)
-            terms = mixture_loss(
-                gather_logits(logits.float(), w_fi),
-                w_x,
-                w_valid,
-                method=method,
-                mu_data=mu_data,
-                lam=lam,
-                reg_covar=reg_covar,
-                covariance_type=covariance_type,
-            )
-            value = terms.nll.detach()
-            hist[rows, epoch - 1] = torch.where(active, value, hist[rows, epoch - 1])
-            change_ok = (value - prev).abs() < tol
-            conv_now = active & change_ok & (epoch >= min_epochs)
-            done = conv_now | (active & ~torch.isfinite(value))
-            if epoch == max_epochs:
-                done = done | active
-            if device.type != "cpu" or bool(done.any()):
-                store(done, epoch)
-                converged[rows] = torch.where(done, conv_now, converged[rows])
-                finished[rows] = finished[rows] | done
-            active = active & ~done
-            prev = value
-            if epoch == max_epochs:
-                break
-            loss = (terms.loss * active.to(terms.loss.dtype)).sum()
-            if epoch % sync_every == 0:
-                n_active = int(active.sum())
-                if progress is not None:
-                    fin_np = finished.cpu().numpy()
-                    progress(
-                        Progress(
-                            slices_done=int(fin_np.sum()),
-                            slices_total=n_slices,
-                            iteration=epoch,
-                            nll=float(value[active].mean()) if n_active else float("nan"),
-                            finished=zs[fin_np],
-                            new_rows=new_rows(fin_np),
-                        )
-                    )
-                if n_active == 0:
-                    break
-            if should_stop is not None and should_stop():
-                stopped = True
-                break
-            if loss.requires_grad:
-                grads = torch.autograd.grad(loss, [params[k] for k in opt.keys])
-                opt.step(grads, active, max_norm=clip_norm)
-            if epoch % sync_every == 0 and n_active < int(rows.shape[0]):
-                keep = torch.nonzero(active).squeeze(1)
-                params = opt.keep(keep)
-                rows, active, prev = rows[keep], active[keep], prev[keep]
-                w_x, w_valid, w_crops, w_fi = w_x[keep], w_valid[keep], w_crops[keep], w_fi[keep]
-
-        if stopped and terms is not None:
-            # Cancelled: hand back the current state of the unfinished slices, marked unfinished.
-            left = active.clone()
-            if bool(left.any()):
-                store(left, epoch)
-        if progress is not None:
-            done_mask = finished.cpu().numpy()
-            progress(
-                Progress(
-                    int(done_mask.sum()),
-                    n_slices,
-                    epoch,
-                    finished=zs[done_mask],
-                    new_rows=new_rows(done_mask),
-                )
-            )
-        seconds = time.perf_counter() - t_start
-        return DeepState(
-            out_resp, out_w, out_mu, out_cov, hist, n_iter, converged, finished, seconds
+        return _optimize(
+            x,
+            valid,
+            crops,
+            flat_index,
+            method=method,
+            n_classes=n_classes,
+            seeds=seeds,
+            network=network,
+            max_epochs=max_epochs,
+            min_epochs=min_epochs,
+            tol=tol,
+            lr=lr,
+            weight_decay=weight_decay,
+            clip_norm=clip_norm,
+            mu_data=mu_data,
+            lam=lam,
+            reg_covar=reg_covar,
+            covariance_type=covariance_type,
+            amp=amp,
+            sync_every=sync_every,
+            slice_index=slice_index,
+            progress=progress,
+            should_stop=should_stop,
         )
+
+
+def _optimize(
+    x: Any,
+    valid: Any,
+    crops: Any,
+    flat_index: Any,
+    *,
+    method: str = "deepsvg",
+    n_classes: int = 4,
+    seeds: Sequence[int],
+    network: Any = None,
+    max_epochs: int = 200,
+    min_epochs: int = 10,
+    tol: float = 1e-3,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-3,
+    clip_norm: float = 12.0,
+    mu_data: Any = None,
+    lam: float = 1.0,
+    reg_covar: float = 1e-3,
+    covariance_type: str = "diag",
+    amp: bool | None = None,
+    sync_every: int | None = None,
+    slice_index: Sequence[int] | None = None,
+    progress: Callable[[Any], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> DeepState:
+    """:func:`optimize_slices` inside its thread setting: checks, networks, then the epochs."""
+    import torch
+
+    from napari_gmmseg.deep.losses import spatially_variant
+    from napari_gmmseg.deep.networks import StackedNetworks, resolve_config
+
+    t_start = time.perf_counter()
+    spatially_variant(method)
+    if int(max_epochs) < 1 or int(min_epochs) < 1 or tol < 0 or lr <= 0:
+        raise ModelError(
+            "max_epochs and min_epochs must be >= 1, tol >= 0 and lr > 0 "
+            f"(got {max_epochs}, {min_epochs}, {tol}, {lr})"
+        )
+    config = resolve_config(network)
+    device = x.device
+    n_slices, _, n_ch = x.shape
+    if crops.shape[0] != n_slices or crops.shape[1] != n_ch or len(seeds) != n_slices:
+        raise ModelError(
+            f"inconsistent batch: x {tuple(x.shape)}, crops {tuple(crops.shape)}, "
+            f"{len(seeds)} seeds"
+        )
+    if amp is None:
+        amp = device.type == "cuda"
+    if sync_every is None:
+        sync_every = 1 if device.type == "cpu" else 5
+    zs = np.asarray(slice_index if slice_index is not None else np.arange(n_slices))
+    if mu_data is not None:
+        mu_data = torch.as_tensor(mu_data, dtype=torch.float32, device=device)
+
+    crops, flat_index = pad_crops(crops.float(), flat_index, config.multiple)
+    nets = StackedNetworks(n_ch, n_classes, config, seeds, device=device)
+    forward = nets.functional()
+    opt = StackedAdamW(nets.params, lr=lr, weight_decay=weight_decay)
+    params = nets.params
+    return _epochs(
+        forward, params, opt, x, valid, crops, flat_index, zs, mu_data,
+        method=method, n_classes=n_classes, max_epochs=int(max_epochs), min_epochs=min_epochs,
+        tol=tol, clip_norm=clip_norm, lam=lam, reg_covar=reg_covar,
+        covariance_type=covariance_type, amp=bool(amp), sync_every=sync_every,
+        progress=progress, should_stop=should_stop, t_start=t_start,
+    )  # fmt: skip
+
+
+def _epochs(
+    forward: Any, params: Any, opt: Any, x: Any, valid: Any, crops: Any, flat_index: Any,
+    zs: np.ndarray, mu_data: Any, *, method: str, n_classes: int, max_epochs: int,
+    min_epochs: int, tol: float, clip_norm: float, lam: float, reg_covar: float,
+    covariance_type: str, amp: bool, sync_every: int, progress: Any, should_stop: Any,
+    t_start: float,
+) -> DeepState:  # fmt: skip
+    """The epoch loop of :func:`optimize_slices`: per-slice stopping, working set, outputs."""
+    import torch
+
+    from napari_gmmseg.deep.losses import mixture_loss
+    from napari_gmmseg.fit import Progress, RowUpdate
+
+    device = x.device
+    n_slices, _, n_ch = x.shape
+    n_px = x.shape[1]
+    out_resp = torch.zeros(n_slices, n_px, n_classes, device=device)
+    out_w = torch.zeros(n_slices, n_classes, device=device)
+    out_mu = torch.zeros(n_slices, n_classes, n_ch, device=device)
+    if covariance_type == "full":
+        out_cov = torch.eye(n_ch, device=device).expand(n_slices, n_classes, n_ch, n_ch).clone()
+    else:
+        out_cov = torch.ones(n_slices, n_classes, n_ch, device=device)
+    hist = torch.full((n_slices, int(max_epochs)), float("nan"), device=device)
+    n_iter = torch.zeros(n_slices, dtype=torch.long, device=device)
+    converged = torch.zeros(n_slices, dtype=torch.bool, device=device)
+    finished = torch.zeros(n_slices, dtype=torch.bool, device=device)
+
+    rows = torch.arange(n_slices, device=device)  # original row of each working row
+    w_x, w_valid, w_crops, w_fi = x, valid, crops, flat_index
+    active = torch.ones(n_slices, dtype=torch.bool, device=device)
+    prev = torch.full((n_slices,), float("inf"), device=device)
+    terms = None
+    epoch = 0
+    stopped = False
+
+    def store(mask: Any, t: int) -> None:
+        """Copy this epoch's outputs of the working rows in ``mask`` (no host sync)."""
+        m1 = mask.view(-1, 1)
+        m2 = mask.view(-1, 1, 1)
+        out_resp[rows] = torch.where(m2, terms.resp.detach(), out_resp[rows])
+        out_w[rows] = torch.where(m1, terms.weights.detach(), out_w[rows])
+        out_mu[rows] = torch.where(m2, terms.means.detach(), out_mu[rows])
+        mc = mask.view(-1, *([1] * (out_cov.ndim - 1)))
+        out_cov[rows] = torch.where(mc, terms.covariances.detach(), out_cov[rows])
+        n_iter[rows] = torch.where(mask, t, n_iter[rows])
+
+    reported = np.zeros(n_slices, dtype=bool)  # rows whose final state went to ``progress``
+
+    def new_rows(fin_np: np.ndarray) -> RowUpdate | None:
+        """Final softmax and means of the rows finished since the last report (frozen)."""
+        fresh = np.nonzero(fin_np & ~reported)[0]
+        if fresh.size == 0:
+            return None
+        reported[fresh] = True
+        idx = torch.as_tensor(fresh, device=device)
+        return RowUpdate(fresh, out_resp[idx].cpu(), out_mu[idx].cpu())
+
+    for epoch in range(1, int(max_epochs) + 1):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bool(amp)):
+            logits = forward(params, w_crops)
+        terms = mixture_loss(
+            gather_logits(logits.float(), w_fi),
+            w_x,
+            w_valid,
+            method=method,
+            mu_data=mu_data,
+            lam=lam,
+            reg_covar=reg_covar,
+            covariance_type=covariance_type,
+        )
+        value = terms.nll.detach()
+        hist[rows, epoch - 1] = torch.where(active, value, hist[rows, epoch - 1])
+        change_ok = (value - prev).abs() < tol
+        conv_now = active & change_ok & (epoch >= min_epochs)
+        done = conv_now | (active & ~torch.isfinite(value))
+        if epoch == max_epochs:
+            done = done | active
+        if device.type != "cpu" or bool(done.any()):
+            store(done, epoch)
+            converged[rows] = torch.where(done, conv_now, converged[rows])
+            finished[rows] = finished[rows] | done
+        active = active & ~done
+        prev = value
+        if epoch == max_epochs:
+            break
+        loss = (terms.loss * active.to(terms.loss.dtype)).sum()
+        if epoch % sync_every == 0:
+            n_active = int(active.sum())
+            if progress is not None:
+                fin_np = finished.cpu().numpy()
+                progress(
+                    Progress(
+                        slices_done=int(fin_np.sum()),
+                        slices_total=n_slices,
+                        iteration=epoch,
+                        nll=float(value[active].mean()) if n_active else float("nan"),
+                        finished=zs[fin_np],
+                        new_rows=new_rows(fin_np),
+                    )
+                )
+            if n_active == 0:
+                break
+        if should_stop is not None and should_stop():
+            stopped = True
+            break
+        if loss.requires_grad:
+            grads = torch.autograd.grad(loss, [params[k] for k in opt.keys])
+            opt.step(grads, active, max_norm=clip_norm)
+        if epoch % sync_every == 0 and n_active < int(rows.shape[0]):
+            keep = torch.nonzero(active).squeeze(1)
+            params = opt.keep(keep)
+            rows, active, prev = rows[keep], active[keep], prev[keep]
+            w_x, w_valid, w_crops, w_fi = w_x[keep], w_valid[keep], w_crops[keep], w_fi[keep]
+
+    if stopped and terms is not None:
+        # Cancelled: hand back the current state of the unfinished slices, marked unfinished.
+        left = active.clone()
+        if bool(left.any()):
+            store(left, epoch)
+    if progress is not None:
+        done_mask = finished.cpu().numpy()
+        progress(
+            Progress(
+                int(done_mask.sum()),
+                n_slices,
+                epoch,
+                finished=zs[done_mask],
+                new_rows=new_rows(done_mask),
+            )
+        )
+    seconds = time.perf_counter() - t_start
+    return DeepState(out_resp, out_w, out_mu, out_cov, hist, n_iter, converged, finished, seconds)

@@ -143,6 +143,86 @@ def prepare_training_set(
     )
 
 
+def _training_mu(
+    mu_data: Any,
+    data: Any,
+    method: str,
+    n_classes: int,
+    mu_images: int,
+    mu_seed: int,
+    normalize: str,
+) -> tuple[np.ndarray | None, Any]:
+    """Class means of the training's mean penalty and where they came from."""
+    from napari_gmmseg.deep.mu_data import mu_data_array, mu_from_pool
+
+    mu_source: Any = None
+    if mu_data is not None:
+        mu = mu_data_array(mu_data, data.channels, n_classes)
+        mu_source = getattr(mu_data, "source", "given")
+    elif method == "deepsvg-mu":
+        table = mu_from_pool(
+            data.mu_pool,
+            n_images=mu_images,
+            seed=mu_seed,
+            channels=data.channels,
+            normalize=normalize,
+        )
+        mu, mu_source = table.means, table.source
+    else:
+        mu = None
+    return mu, mu_source
+
+
+def _train_epochs(
+    net: Any, opt: Any, x: Any, valid: Any, crops: Any, flat: Any, mu_t: Any, *, method: str,
+    epochs: int, batch_size: int, lam: float, reg_covar: float, clip_norm: float, seed: int,
+    progress: Callable[[Any], None] | None, should_stop: Callable[[], bool] | None,
+) -> tuple[list[list[float]], bool]:  # fmt: skip
+    """The epochs of :func:`train`: seeded mini-batches; ``(loss history, cancelled)``."""
+    import torch
+
+    from napari_gmmseg.deep.losses import mixture_loss
+    from napari_gmmseg.deep.optimize import gather_logits
+    from napari_gmmseg.fit import Progress
+
+    gen = torch.Generator().manual_seed(int(seed))
+    n = x.shape[0]
+    dev = x.device
+    history: list[list[float]] = []
+    cancelled = False
+    for epoch in range(1, epochs + 1):
+        net.train()
+        perm = torch.randperm(n, generator=gen)
+        tot_loss = tot_nll = 0.0
+        for start in range(0, n, batch_size):
+            idx = perm[start : start + batch_size].to(dev)
+            logits = gather_logits(net(crops[idx]), flat[idx])
+            terms = mixture_loss(
+                logits,
+                x[idx],
+                valid[idx],
+                method=method,
+                mu_data=mu_t,
+                lam=lam,
+                reg_covar=reg_covar,
+            )
+            loss = terms.loss.mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip_norm and clip_norm > 0:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), clip_norm)
+            opt.step()
+            tot_loss += float(terms.loss.detach().sum())
+            tot_nll += float(terms.nll.detach().sum())
+        history.append([tot_loss / n, tot_nll / n])
+        if progress is not None:
+            progress(Progress(slices_done=n, slices_total=n, iteration=epoch, nll=tot_nll / n))
+        if should_stop is not None and should_stop():
+            cancelled = epoch < epochs
+            break
+    return history, cancelled
+
+
 def train(
     cases: Any,
     *,
@@ -214,12 +294,9 @@ def train(
     """
     import torch
 
-    from napari_gmmseg.deep.losses import mixture_loss, spatially_variant
-    from napari_gmmseg.deep.mu_data import mu_data_array, mu_from_pool
+    from napari_gmmseg.deep.losses import spatially_variant
     from napari_gmmseg.deep.networks import resolve_config, seeded_network
-    from napari_gmmseg.deep.optimize import gather_logits
     from napari_gmmseg.deep.weights import DeepModel, save_model
-    from napari_gmmseg.fit import Progress
     from napari_gmmseg.preprocess import resolve_device
 
     spatially_variant(method)
@@ -237,21 +314,7 @@ def train(
         multiple=config.multiple,
         require_all_classes=require_all_classes,
     )
-    mu_source: Any = None
-    if mu_data is not None:
-        mu = mu_data_array(mu_data, data.channels, n_classes)
-        mu_source = getattr(mu_data, "source", "given")
-    elif method == "deepsvg-mu":
-        table = mu_from_pool(
-            data.mu_pool,
-            n_images=mu_images,
-            seed=mu_seed,
-            channels=data.channels,
-            normalize=normalize,
-        )
-        mu, mu_source = table.means, table.source
-    else:
-        mu = None
+    mu, mu_source = _training_mu(mu_data, data, method, n_classes, mu_images, mu_seed, normalize)
     mu_t = None if mu is None else torch.as_tensor(mu, dtype=torch.float32, device=dev)
 
     x, valid = data.x.to(dev), data.valid.to(dev)
@@ -259,39 +322,11 @@ def train(
     n = x.shape[0]
     net = seeded_network(x.shape[2], n_classes, config, seed).to(dev)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
-    gen = torch.Generator().manual_seed(int(seed))
-    history: list[list[float]] = []
-    cancelled = False
-    for epoch in range(1, int(epochs) + 1):
-        net.train()
-        perm = torch.randperm(n, generator=gen)
-        tot_loss = tot_nll = 0.0
-        for start in range(0, n, int(batch_size)):
-            idx = perm[start : start + int(batch_size)].to(dev)
-            logits = gather_logits(net(crops[idx]), flat[idx])
-            terms = mixture_loss(
-                logits,
-                x[idx],
-                valid[idx],
-                method=method,
-                mu_data=mu_t,
-                lam=lam,
-                reg_covar=reg_covar,
-            )
-            loss = terms.loss.mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip_norm and clip_norm > 0:
-                torch.nn.utils.clip_grad_norm_(net.parameters(), clip_norm)
-            opt.step()
-            tot_loss += float(terms.loss.detach().sum())
-            tot_nll += float(terms.nll.detach().sum())
-        history.append([tot_loss / n, tot_nll / n])
-        if progress is not None:
-            progress(Progress(slices_done=n, slices_total=n, iteration=epoch, nll=tot_nll / n))
-        if should_stop is not None and should_stop():
-            cancelled = epoch < int(epochs)
-            break
+    history, cancelled = _train_epochs(
+        net, opt, x, valid, crops, flat, mu_t, method=method, epochs=int(epochs),
+        batch_size=int(batch_size), lam=lam, reg_covar=reg_covar, clip_norm=clip_norm,
+        seed=seed, progress=progress, should_stop=should_stop,
+    )  # fmt: skip
     net.eval()
     model = DeepModel(
         state_dict={k: v.detach().cpu() for k, v in net.state_dict().items()},

@@ -28,7 +28,7 @@ from napari_gmmseg.em.result import MixtureResult
 from napari_gmmseg.em.spatial import neighbour_sum, smooth_log_pi
 from napari_gmmseg.errors import ModelError, RoiError
 from napari_gmmseg.fit import Progress, RowUpdate
-from napari_gmmseg.methods import COVARIANCE_TYPES, INITS, REG_MODES, SPATIAL, check_choice
+from napari_gmmseg.methods import COVARIANCE_TYPES, INITS, check_choice
 
 __all__ = ["Problem", "fit_em", "run_em"]
 
@@ -127,24 +127,24 @@ def make_problem(batch: Any, spatially_variant: bool, o: dict[str, Any]) -> Prob
 
 
 def _check_options(spatially_variant: bool, o: dict[str, Any]) -> None:
-    """Refuse bad EM options (the same checks for :func:`fit_em` and the registry)."""
+    """Refuse bad EM options: the registry's options dataclass checks its own fields."""
+    from napari_gmmseg.methods import EMOptions, GMMOptions
+
     if int(o["n_components"]) < 1:
         raise ModelError(f"n_components must be >= 1, got {o['n_components']}")
     check_choice("covariance_type", o["covariance_type"], COVARIANCE_TYPES)
     if o["init_params"] is None:
         check_choice("init", o["init"], INITS)
-    check_choice("spatial", o["spatial"], SPATIAL)
-    if o["spatial"] == "smooth" and not spatially_variant:
-        raise ModelError("spatial='smooth' smooths the SVGMM weights Pi; use 'mrf' for a GMM")
-    check_choice("reg_mode", o["reg_mode"], REG_MODES)
     if o["max_iter"] < 1:
         raise ModelError(f"max_iter must be >= 1, got {o['max_iter']}")
     if o["tol"] < 0:
         raise ModelError(f"tol must be >= 0, got {o['tol']}")
-    n_init = int(o["n_init"])
-    if n_init < 1:
-        raise ModelError(f"n_init must be >= 1, got {n_init}")
-    if n_init > 1 and (o["init_params"] is not None or o["init"] in ("linspace", "prior")):
+    names = ("reg_covar", "reg_covar_relative", "reg_mode", "spatial", "beta", "n_init")
+    names += ("dtype", "check_every", "chunk_pixels")
+    (EMOptions if spatially_variant else GMMOptions)(**{n: o[n] for n in names})
+    if int(o["n_init"]) > 1 and (
+        o["init_params"] is not None or o["init"] in ("linspace", "prior")
+    ):
         what = "init_params" if o["init_params"] is not None else repr(o["init"])
         raise ModelError(
             "n_init > 1 needs a random initialisation (kmeans++, random, random_from_data), "
