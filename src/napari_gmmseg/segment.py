@@ -18,11 +18,19 @@ from typing import Any
 
 import numpy as np
 
-from napari_gmmseg.errors import CaseLoadError, ModelError, RoiError
+from napari_gmmseg.errors import CaseLoadError, ExtremeIntensityError, ModelError, RoiError
 from napari_gmmseg.fit import Fit, Progress
 from napari_gmmseg.labels import CLASS_VALUES, CLASSES, LV_ROI_VALUES
 
-__all__ = ["DEEP_METHODS", "EM_METHODS", "EM_OPTIONS", "METHODS", "segment", "segment_case"]
+__all__ = [
+    "DEEP_METHODS",
+    "EM_METHODS",
+    "EM_OPTIONS",
+    "EXTREME_POLICIES",
+    "METHODS",
+    "segment",
+    "segment_case",
+]
 
 #: Every method name :func:`segment` accepts.
 METHODS: tuple[str, ...] = ("gmm", "svgmm", "deepg", "deepsvg", "deepsvg-mu")
@@ -32,6 +40,12 @@ EM_METHODS: tuple[str, ...] = ("gmm", "svgmm")
 DEEP_METHODS: tuple[str, ...] = ("deepg", "deepsvg", "deepsvg-mu")
 
 _DEFAULT_CHANNELS = ("bSSFP", "LGE", "T2")
+
+#: What :func:`segment` does with extreme ROI intensities (1e30, int16 32767 in a
+#: 0-1000 image; see :data:`napari_gmmseg.preprocess.EXTREME_FACTOR`): refuse the input
+#: (default; EM from k-means++ is sensitive enough that even 50 moved voxels change many
+#: labels) or clip them to the percentiles and warn.
+EXTREME_POLICIES: tuple[str, ...] = ("refuse", "clip")
 
 #: Extra keyword options :func:`segment` passes to the EM methods.
 EM_OPTIONS: tuple[str, ...] = (
@@ -278,8 +292,11 @@ def segment(
     **method_options
         Passed to the method: for EM ``reg_covar``, ``spatial`` (``"none"``, ``"mrf"``,
         ``"smooth"``), ``beta``, ``check_every``, ``chunk_pixels``, ``dtype``; for all
-        ``normalize`` (``"roi"``, ``"crop"``, ``"none"``) and ``return_probabilities``
-        (default True); deep options (``max_epochs``, ``lr``, ``weights``...) for the
+        ``normalize`` (``"roi"``, ``"crop"``, ``"none"``), ``clip_percentiles`` (default
+        :data:`napari_gmmseg.preprocess.CLIP_PERCENTILES`, None: no robust clip; the
+        count of clipped voxels is in ``params["clip"]``), ``extreme`` (one of
+        :data:`EXTREME_POLICIES`, default ``"refuse"``)
+        and ``return_probabilities`` (default True); deep options (``max_epochs``, ``lr``, ``weights``...) for the
         deep methods.
 
     Returns
@@ -291,7 +308,8 @@ def segment(
     Raises
     ------
     CaseLoadError
-        Images with NaN/Inf or of the wrong shape.
+        Images with NaN/Inf or of the wrong shape; :class:`~napari_gmmseg.errors.ExtremeIntensityError`
+        for extreme ROI intensities unless ``extreme="clip"``.
     RoiError
         ROI of the wrong shape, empty, or with fewer pixels than ``n_classes``.
     ModelError
@@ -305,7 +323,12 @@ def segment(
     from napari_gmmseg.gaussian import COVARIANCE_TYPES
     from napari_gmmseg.mixture import INITS
     from napari_gmmseg.naming import load_prior
-    from napari_gmmseg.preprocess import NORMALIZATIONS, SliceBatch, resolve_device
+    from napari_gmmseg.preprocess import (
+        CLIP_PERCENTILES,
+        NORMALIZATIONS,
+        SliceBatch,
+        resolve_device,
+    )
 
     # ---------------------------------------------------------------- validation
     method = str(method).lower()
@@ -324,6 +347,10 @@ def segment(
     if normalize not in NORMALIZATIONS:
         raise ModelError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
     return_probabilities = bool(method_options.pop("return_probabilities", True))
+    clip_percentiles = method_options.pop("clip_percentiles", CLIP_PERCENTILES)
+    extreme_policy = method_options.pop("extreme", "refuse")
+    if extreme_policy not in EXTREME_POLICIES:
+        raise ModelError(f"extreme must be one of {EXTREME_POLICIES}, got {extreme_policy!r}")
     from napari_gmmseg.presence import resolve_rule
 
     rule = resolve_rule(presence)
@@ -378,8 +405,25 @@ def segment(
 
     # ---------------------------------------------------------------- fit
     batch = SliceBatch.from_volume(
-        images, roi_mask, channels=channels, normalize=normalize, per_slice=per_slice, device=dev
+        images,
+        roi_mask,
+        channels=channels,
+        normalize=normalize,
+        per_slice=per_slice,
+        clip_percentiles=clip_percentiles,
+        device=dev,
     )
+    extreme = batch.extreme_message()
+    if extreme is not None and extreme_policy == "refuse":
+        names = tuple(c for c, n in zip(channels, batch.n_extreme, strict=True) if n)
+        raise ExtremeIntensityError(
+            f"{extreme}; refused (pass extreme='clip', CLI --extreme clip, to clip them and go on)",
+            names,
+        )
+    if extreme is not None:
+        import warnings
+
+        warnings.warn(extreme, UserWarning, stacklevel=2)
     if progress is not None:
         progress = _LiveLabels(
             progress, batch, method, per_slice, channels, table, prior_means is not None, k, t0
@@ -458,6 +502,7 @@ def segment(
         "device": str(dev),
         "per_slice": bool(per_slice),
         "normalize": normalize,
+        "clip": batch.clip_summary(),
         "channels": list(channels),
         "prior": table.to_dict(),
         "method_options": _jsonable({k_: v for k_, v in method_options.items() if k_ != "weights"}),
@@ -491,6 +536,14 @@ def segment(
         fit = apply_presence(fit, rule, channels=channels, images=images)
         fit.seconds = time.perf_counter() - t0
     return fit
+
+
+def with_sources(exc: ExtremeIntensityError, sources: dict[str, Any]) -> ExtremeIntensityError:
+    """The same error with the files of its channels (``sources``: channel -> path) in front."""
+    files = [str(sources[c]) for c in exc.channels if c in sources]
+    if not files:
+        return exc
+    return ExtremeIntensityError(f"{', '.join(files)}: {exc}", exc.channels)
 
 
 def segment_case(
@@ -540,7 +593,10 @@ def segment_case(
         roi_arr = np.asarray(roi)
         roi_mask = roi_arr if roi_arr.dtype == bool else np.isin(roi_arr, np.asarray(roi_labels))
     kw.setdefault("channels", case.channels)
-    fit = segment(case.images, roi_mask, **kw)
+    try:
+        fit = segment(case.images, roi_mask, **kw)
+    except ExtremeIntensityError as exc:
+        raise with_sources(exc, case.sources) from None
     fit.params["case_id"] = case.case_id
     fit.params["roi"] = roi if isinstance(roi, str) or roi is None else "array"
     if isinstance(roi, str) or roi is not None:

@@ -34,6 +34,18 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--weights", default=None, help="trained model file (Alg. 4) for the deep methods"
     )
+    add_extreme_option(g, default=None)
+
+
+def add_extreme_option(group, default: str | None = "refuse") -> None:
+    """``--extreme``: refuse (default) or clip ROI voxels far outside their channel's range."""
+    group.add_argument(
+        "--extreme",
+        choices=("refuse", "clip"),
+        default=default,
+        help="ROI voxels far outside their channel's 0.5-99.5 percentile range (1e30, 32767): "
+        "refuse the case (default) or clip them and go on",
+    )
 
 
 def add_presence_options(parser: argparse.ArgumentParser) -> None:
@@ -65,6 +77,7 @@ def method_options(args: argparse.Namespace) -> dict:
         "lr",
         "mu_data",
         "weights",
+        "extreme",
     )
     return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
 

@@ -74,6 +74,9 @@ def register(subparsers) -> None:
     )
     m.add_argument("--weights", metavar="MODEL", help="trained model file (deep methods)")
     m.add_argument("--max-epochs", type=int, default=None, help="epochs of the deep methods")
+    from napari_gmmseg.cli.evaluate import add_extreme_option
+
+    add_extreme_option(m)
     from napari_gmmseg.presence import add_cli_arguments
 
     add_cli_arguments(p)
@@ -148,7 +151,37 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    fit = segment(
+    from napari_gmmseg.errors import ExtremeIntensityError
+    from napari_gmmseg.segment import with_sources
+
+    try:
+        fit = _segment(segment, case, roi, args, presence, report, options)
+    except ExtremeIntensityError as exc:
+        raise with_sources(exc, case.sources) from None
+    if not args.quiet:
+        print(file=sys.stderr)
+        clip = fit.params.get("clip", {})
+        if any(clip.get("extreme_voxels", {}).values()):
+            print(f"warning: clipped extreme voxels {clip['extreme_voxels']}", file=sys.stderr)
+    path = io.save_labels(fit.labels, case.geometry, out, overwrite=args.force)
+    if not args.quiet:
+        vals, counts = np.unique(fit.labels[fit.labels > 0], return_counts=True)
+        summary = ", ".join(f"{int(v)}: {int(c)}" for v, c in zip(vals, counts, strict=True))
+        clip = fit.params.get("clip", {})
+        n_clip = sum(clip.get("clipped_voxels", {}).values())
+        lo, hi = clip.get("percentiles") or (0, 100)
+        print(
+            f"{args.method}: {len(fit.slice_index)} slices, mean {np.mean(fit.n_iter_):.1f} "
+            f"iterations, fit {fit.seconds:.2f} s, total {time.perf_counter() - t0:.2f} s; "
+            f"{n_clip} ROI intensities clipped (statistics) to the {lo:g}-{hi:g} percentiles; "
+            f"wrote {path} ({summary})"
+        )
+    return 0
+
+
+def _segment(segment, case, roi, args, presence, report, options):
+    """The fit itself, with the command-line options."""
+    return segment(
         case.images,
         roi,
         channels=case.channels,
@@ -165,17 +198,6 @@ def run(args: argparse.Namespace) -> int:
         presence=presence,
         progress=None if args.quiet else report,
         return_probabilities=presence is not None,
+        extreme=args.extreme,
         **options,
     )
-    if not args.quiet:
-        print(file=sys.stderr)
-    path = io.save_labels(fit.labels, case.geometry, out, overwrite=args.force)
-    if not args.quiet:
-        vals, counts = np.unique(fit.labels[fit.labels > 0], return_counts=True)
-        summary = ", ".join(f"{int(v)}: {int(c)}" for v, c in zip(vals, counts, strict=True))
-        print(
-            f"{args.method}: {len(fit.slice_index)} slices, mean {np.mean(fit.n_iter_):.1f} "
-            f"iterations, fit {fit.seconds:.2f} s, total {time.perf_counter() - t0:.2f} s; "
-            f"wrote {path} ({summary})"
-        )
-    return 0
