@@ -194,17 +194,34 @@ def test_errors_show_a_message_and_create_nothing(make_napari_viewer_proxy, qtbo
     assert widget.last_output is None
 
 
-def test_cancel_stops_and_keeps_finished_slices(make_napari_viewer_proxy, qtbot, case, errors):
+def test_cancel_stops_and_keeps_finished_slices(
+    make_napari_viewer_proxy, qtbot, case, errors, monkeypatch
+):
+    import napari_gmmseg.segment as core
+
     viewer = make_napari_viewer_proxy()
     add_case(viewer, case)
     widget = segment_widget(viewer, "svgmm", max_iter=100_000)
     # at this tolerance slices 1 and 2 converge after ~30 iterations, slice 0 after ~200
     widget.tol.setText("1e-7")
     cancelled_at = []
+    real_segment = core.segment
+
+    def segment_cancelled_on_first_slice(*args, progress=None, **kw):
+        # Deterministic: the cancel reaches the core from its own progress report, in the
+        # core's thread, so the fit cannot run on (and converge) before the GUI sees it.
+        def report(p):
+            if p.slices_done >= 1:
+                widget._stop.set()
+            progress(p)
+
+        return real_segment(*args, progress=report, **kw)
+
+    monkeypatch.setattr(core, "segment", segment_cancelled_on_first_slice)
 
     def on_progress(p):
         if p.slices_done >= 1 and not cancelled_at:
-            widget.cancel()
+            widget.cancel()  # the button's path: disables Cancel, says "cancelling"
             cancelled_at.append(time.perf_counter())
 
     widget.run()
