@@ -37,6 +37,11 @@ class OutputExistsError(GmmSegError, FileExistsError):
     """An output file exists and overwriting was not asked for."""
 
 
+class OutputPathError(GmmSegError, OSError):
+    """An output path cannot be written: an input, a folder, a read-only or missing parent,
+    or a file name of the wrong type."""
+
+
 class RoiError(GmmSegError, ValueError):
     """The region of interest is empty, too small, or smaller than the number of classes."""
 

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_gmmseg.errors import CaseLoadError, GeometryError, OutputExistsError
+from napari_gmmseg.errors import CaseLoadError, GeometryError, OutputExistsError, OutputPathError
 from napari_gmmseg.labels import LV_ROI_VALUES, MYOPS_VALUES
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "Case",
     "CaseSource",
     "Geometry",
+    "check_output",
     "discover_cases",
     "load_case",
     "load_case_from_paths",
@@ -960,6 +961,75 @@ def _nifti_suffix(path: Path) -> str:
     if name.endswith(".nii"):
         return ".nii"
     raise ValueError(f"{path}: label maps are written as NIfTI; use a .nii.gz or .nii name")
+
+
+def _writable_dir(folder: Path, what: Path) -> None:
+    """Raise :class:`OutputPathError` unless ``folder`` is (or can be made) a writable folder."""
+    probe = folder
+    while not probe.exists():  # the nearest existing ancestor decides
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise OutputPathError(f"{what}: cannot be written, {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{what}: cannot be written, {probe} is read-only")
+
+
+def check_output(
+    path: str | os.PathLike,
+    *,
+    kind: str = "file",
+    suffixes: Sequence[str] = (),
+    force: bool = False,
+    inputs: Sequence[str | os.PathLike] = (),
+) -> Path:
+    """Check an output path before any work: the ONE place every command checks outputs.
+
+    Parameters
+    ----------
+    path : path-like
+        The output file (``kind="file"``) or folder (``kind="dir"``).
+    kind : {"file", "dir"}
+        What the command writes there.
+    suffixes : sequence of str
+        Allowed file name endings (case-insensitive), e.g. ``(".nii.gz", ".nii")``.
+    force : bool
+        An existing file may be replaced (``--force``); an input never.
+    inputs : sequence of path-like
+        The command's input files: an output that is one of them is refused even with
+        ``force``.
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    OutputPathError
+        The output is an input, a folder where a file is written (or the reverse), has
+        the wrong suffix, or its parent is a file or read-only.
+    OutputExistsError
+        The file exists and ``force`` is False.
+    """
+    path = Path(path)
+    resolved = path.resolve()
+    for inp in inputs:
+        if inp is not None and Path(inp).resolve() == resolved:
+            raise OutputPathError(f"{path}: is an input of this command; choose another output")
+    if kind == "dir":
+        if path.exists() and not path.is_dir():
+            raise OutputPathError(f"{path}: is a file; an output folder is needed")
+        _writable_dir(path, path)
+        return path
+    if path.is_dir():
+        raise OutputPathError(f"{path}: is a folder; give a file name")
+    if suffixes and not path.name.lower().endswith(tuple(s.lower() for s in suffixes)):
+        raise OutputPathError(f"{path}: output must end with {' or '.join(suffixes)}")
+    _writable_dir(path.parent, path)
+    if path.exists() and not force:
+        raise OutputExistsError(f"{path} exists (use --force to overwrite)")
+    return path
 
 
 def _make_temp(path: Path, suffix: str) -> str:

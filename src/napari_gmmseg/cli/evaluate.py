@@ -114,6 +114,9 @@ def _run(args: argparse.Namespace) -> int:
         print("napari-gmmseg evaluate: error: give --method M or --methods a,b,c", file=sys.stderr)
         return 2
     out = Path(args.out)
+    from napari_gmmseg.io import check_output
+
+    check_output(out, kind="dir", inputs=(args.dataset,))
     cases = [c.strip() for c in args.cases.split(",")] if args.cases else None
     result = evaluate_dataset(
         args.dataset,

@@ -90,15 +90,13 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from napari_gmmseg import io
-    from napari_gmmseg.errors import CaseLoadError, ModelError, OutputExistsError, RoiError
+    from napari_gmmseg.errors import CaseLoadError, ModelError, RoiError
     from napari_gmmseg.segment import segment
 
     t0 = time.perf_counter()
     out = args.out
-    from pathlib import Path
-
-    if Path(out).exists() and not args.force:
-        raise OutputExistsError(f"{out} exists (use --force to overwrite)")
+    inputs = (args.bssfp, args.lge, args.t2, args.roi, args.prior, args.weights)
+    io.check_output(out, suffixes=(".nii.gz", ".nii"), force=args.force, inputs=inputs)
     if args.n_init != 1 and args.method not in ("gmm", "svgmm"):
         raise ModelError(f"--n-init applies to gmm and svgmm, not {args.method}")
     sequences = {
