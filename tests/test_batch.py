@@ -295,3 +295,13 @@ def test_truncated_or_unreadable_outputs_are_redone(first_run, sample_data_dir, 
     assert status[labels[0].name.split(".")[0]] == "segmented"
     assert status[labels[-1].name.split(".")[0]] == "segmented"
     assert (out / "metrics.csv").read_text() == (out0 / "metrics.csv").read_text()
+
+
+def test_unknown_case_ids_are_an_error_listing_them(sample_data_dir, tmp_path):
+    from napari_gmmseg.errors import CaseLoadError
+
+    with pytest.raises(CaseLoadError, match=r"no case \['9999'\]; the cases are 1001"):
+        evaluate_dataset(
+            sample_data_dir, ["gmm"], tmp_path / "e", cases=["1001", "9999"], progress=False
+        )
+    assert not (tmp_path / "e").exists()  # refused before any work

@@ -120,3 +120,32 @@ def test_demo_writes_its_tables_beside_the_results(sample_data_dir, tmp_path, ca
     assert "Dice per slice" in tables and "gmm" in tables
     assert tables.strip("`\n") in printed  # the same tables as on stdout
     assert stat.S_IMODE(os.stat(out / "tables.md").st_mode) == 0o644
+
+
+def test_segment_warns_about_a_mask_on_another_grid_and_refuses_unknown_values(
+    files, tmp_path, capsys
+):
+    import nibabel as nib
+
+    from napari_gmmseg import io
+
+    img = nib.load(files["gt"])
+    lab = np.asarray(img.dataobj)
+    shifted = tmp_path / "shifted_gd.nii.gz"
+    affine = img.affine.copy()
+    affine[:3, 3] += 0.5  # half a millimetre off the bSSFP grid
+    nib.save(nib.Nifti1Image(lab, affine, img.header), shifted)
+    out = tmp_path / "o.nii.gz"
+    args = _segment_args(files, out)
+    args[args.index(str(files["gt"]))] = str(shifted)
+    assert main([*args, "--max-iter", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "not on the bSSFP grid" in err and "resampled" in err
+    odd = tmp_path / "odd_gd.nii.gz"
+    nib.save(nib.Nifti1Image(np.where(lab == 200, 300, lab).astype(np.int16), img.affine), odd)
+    args = _segment_args(files, tmp_path / "o2.nii.gz")
+    args[args.index(str(files["gt"]))] = str(odd)
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "values [300]" in err and "Traceback" not in err
+    assert io.read_labels(out).shape == lab.shape[::-1]

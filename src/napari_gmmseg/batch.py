@@ -196,8 +196,10 @@ def _resolve_roi(roi: str | os.PathLike | None, case) -> np.ndarray | None:
                 f"{case.geometry}"
             )
         arr = np.asarray(arr)
-        lv = np.isin(arr, np.asarray(LV_ROI_VALUES))
-        mask = lv if lv.any() else arr != 0
+        if np.isin(arr, np.asarray(LV_ROI_VALUES)).any():  # a label map: its LV, nothing unknown
+            mask = io.roi_from_mask(arr, LV_ROI_VALUES, name=str(path))
+        else:
+            mask = arr != 0
     if not mask.any():
         raise RoiError(f"case {case.case_id}: the ROI is empty")
     return mask
@@ -521,7 +523,7 @@ def evaluate_dataset(
     Raises
     ------
     CaseLoadError
-        The dataset folder holds no case.
+        The dataset folder holds no case, or none with an id in ``cases``.
     ModelError
         Unknown method name.
     """
@@ -541,8 +543,12 @@ def evaluate_dataset(
     dataset = Path(dataset)
     sources = io.discover_cases(dataset)
     if cases is not None:
-        wanted = {str(c) for c in cases}
-        sources = [s for s in sources if s.case_id in wanted]
+        wanted = [str(c) for c in cases]
+        missing = [c for c in wanted if c not in {s.case_id for s in sources}]
+        if missing:
+            known = ", ".join(s.case_id for s in sources) or "none"
+            raise CaseLoadError(f"{dataset}: no case {missing}; the cases are {known}")
+        sources = [s for s in sources if s.case_id in set(wanted)]
     if not sources:
         raise CaseLoadError(f"{dataset}: no case found (MyoPS layout or one folder per case)")
     out_dir = Path(out_dir)

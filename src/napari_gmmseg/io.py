@@ -360,7 +360,8 @@ def _squeeze_to_3d(arr: np.ndarray, path: Path, frame: int | None, layout: str) 
         if frame is None:
             raise CaseLoadError(
                 f"{path}: is a 4-D image {arr.shape} ({layout} x time, {n} frames); "
-                f"choose a time frame with frame=0..{n - 1}"
+                f"choose a time frame 0..{n - 1} (napari-gmmseg segment --frame F; "
+                "load_case(..., frame=F) in Python)"
             )
         if not -n <= frame < n:
             raise CaseLoadError(f"{path}: frame {frame} out of range (0..{n - 1})")
@@ -531,6 +532,42 @@ def read_labels(
     arr, geometry = read_volume(path, frame=frame)
     labels = _check_label_values(arr, path)
     return (labels, geometry) if with_geometry else labels
+
+
+def roi_from_mask(
+    mask_zyx: np.ndarray, roi_values: Sequence[int] = LV_ROI_VALUES, *, name: str = "mask"
+) -> np.ndarray:
+    """The ``(Z, Y, X)`` bool ROI of a mask: a binary mask as it is, a label map's ``roi_values``.
+
+    The ONE place a mask file becomes an ROI (``segment --roi``, ``evaluate --roi``).
+
+    Raises
+    ------
+    RoiError
+        Values other than 0/1, MyoPS labels and ``roi_values`` (they would silently shrink
+        the ROI; the message lists them), or no voxel with ``roi_values``.
+    """
+    from napari_gmmseg.errors import RoiError
+
+    arr = np.asarray(mask_zyx)
+    if not np.all(np.isfinite(arr)):
+        raise RoiError(f"{name}: mask holds NaN or Inf")
+    lab = np.rint(arr).astype(np.int64)
+    values = set(np.unique(lab).tolist())
+    if values <= {0, 1}:
+        roi = lab > 0
+    else:
+        unknown = sorted(values - set(MYOPS_VALUES) - {int(v) for v in roi_values})
+        if unknown:
+            raise RoiError(
+                f"{name}: mask holds values {unknown[:10]} that are neither MyoPS labels "
+                f"{list(MYOPS_VALUES)} nor ROI labels {list(roi_values)}; give them with "
+                "--roi-labels (or use a binary mask)"
+            )
+        roi = np.isin(lab, np.asarray(roi_values))
+    if not roi.any():
+        raise RoiError(f"{name}: no voxel with the ROI labels {list(roi_values)}")
+    return roi
 
 
 # --------------------------------------------------------------------------- resampling

@@ -386,6 +386,13 @@ def segment(
             roi_mask = roi_mask.copy()
             roi_mask[small] = False
     table = load_prior(prior)
+    from napari_gmmseg.naming import check_n_components
+
+    note = check_n_components(k, len(table.classes))
+    if note is not None:
+        import warnings
+
+        warnings.warn(note, UserWarning, stacklevel=2)
     prior_means = None
     try:
         prior_means = table.for_channels(channels)

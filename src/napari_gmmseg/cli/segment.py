@@ -37,6 +37,9 @@ def register(subparsers) -> None:
         default="200,500,1220,2221",
         help="label values of MASK that make up the ROI",
     )
+    g.add_argument(
+        "--frame", type=int, default=None, help="time frame of 4-D (cine) images, from 0"
+    )
     g.add_argument("--out", required=True, metavar="OUT.nii.gz", help="label map to write")
     g.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     g.add_argument("--quiet", action="store_true", help="no progress or summary on stderr/stdout")
@@ -106,25 +109,25 @@ def run(args: argparse.Namespace) -> int:
     }
     if not sequences:
         raise CaseLoadError("give at least one of --bssfp, --lge, --t2")
-    case = io.load_case_from_paths(sequences)
+    case = io.load_case_from_paths(sequences, frame=args.frame)
     roi = None
     if args.roi:
         try:
             values = [int(v) for v in str(args.roi_labels).split(",") if v.strip()]
         except ValueError as exc:
             raise RoiError(f"--roi-labels must be integers separated by commas: {exc}") from exc
-        arr, geom = io.read_volume(args.roi)
+        arr, geom = io.read_volume(args.roi, frame=args.frame)
         arr = np.asarray(arr)
         if not np.all(np.isfinite(arr)):
             raise RoiError(f"{args.roi}: mask holds NaN or Inf")
-        if geom.same_grid(case.geometry):
-            lab = np.rint(arr).astype(np.int64)
-        else:
-            lab = io.resample_to(arr, geom, case.geometry, labels=True, name=str(args.roi))
-        uniq = set(np.unique(lab).tolist())
-        roi = lab > 0 if uniq <= {0, 1} else np.isin(lab, values)
-        if not roi.any():
-            raise RoiError(f"{args.roi}: no voxel with the ROI labels {values}")
+        if not geom.same_grid(case.geometry):
+            print(
+                f"warning: {args.roi} is not on the bSSFP grid ({geom.difference(case.geometry)}); "
+                "resampled onto it (nearest neighbour)",
+                file=sys.stderr,
+            )
+            arr = io.resample_to(arr, geom, case.geometry, labels=True, name=str(args.roi))
+        roi = io.roi_from_mask(arr, values, name=str(args.roi))
 
     options = {}
     if args.n_init != 1:
