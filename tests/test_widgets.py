@@ -432,3 +432,93 @@ def test_segment_menu_opens_the_widgets(make_napari_viewer_proxy):
     from napari_gmmseg._widgets import SegmentWidget
 
     assert any(isinstance(w, SegmentWidget) for w in viewer.window.dock_widgets.values())
+
+
+def test_all_five_docks_fit_a_1600x1000_screen(make_napari_viewer_proxy, qtbot):
+    from napari_gmmseg._widgets import (
+        EvaluateWidget,
+        ExportWidget,
+        InspectWidget,
+        LoadCaseWidget,
+        SegmentWidget,
+    )
+
+    viewer = make_napari_viewer_proxy()
+    for cls in (LoadCaseWidget, SegmentWidget, InspectWidget, EvaluateWidget, ExportWidget):
+        dock(viewer, cls(viewer))
+    window = viewer.window._qt_window
+    assert window.minimumSizeHint().height() <= 1000
+    window.resize(1600, 1000)
+    qtbot.wait(50)
+    assert window.height() <= 1000
+
+
+def test_numbers_are_cleared_when_their_layers_go(make_napari_viewer_proxy, qtbot, case, errors):
+    from napari_gmmseg._widgets import EvaluateWidget, ExportWidget
+
+    viewer = make_napari_viewer_proxy()
+    add_case(viewer, case)
+    export = dock(viewer, ExportWidget(viewer))
+    widget = segment_widget(viewer, "gmm", max_iter=20)
+    run_and_wait(qtbot, widget)
+    out = widget.last_output
+    assert export.layer_combo.currentText() == out.name  # the newest segmentation, not the mask
+    evaluate = dock(viewer, EvaluateWidget(viewer))
+    evaluate.seg_layer.set_layer(out)
+    evaluate.mask_layer.set_layer(viewer.layers["mask"])
+    evaluate.evaluate()
+    assert widget.table.rowCount() > 0 and evaluate.table.rowCount() > 0
+    viewer.layers.remove(out)
+    assert widget.table.rowCount() == 0 and widget.status.text() == ""
+    assert evaluate.table.rowCount() == 0 and evaluate.summary.text() == ""
+    assert errors == []
+
+
+def test_cancelled_deep_run_leaves_no_empty_layer(make_napari_viewer_proxy, qtbot, case, errors):
+    viewer = make_napari_viewer_proxy()
+    add_case(viewer, case)
+    widget = segment_widget(viewer, "deepg", max_iter=10_000)
+    before = len(viewer.layers)
+    widget.run()
+    widget.cancel()  # before any slice can finish: deep slices finish together
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    assert len(viewer.layers) == before
+    assert "nothing kept" in widget.status.text() and errors == []
+
+
+def test_iteration_defaults_are_those_of_the_core(make_napari_viewer_proxy):
+    from napari_gmmseg.deep.api import DEFAULTS
+
+    viewer = make_napari_viewer_proxy()
+    widget = segment_widget(viewer, "gmm")
+    assert widget.max_iter.value() == 100  # segment(max_iter=100)
+    widget.method.setCurrentIndex(widget.method.findData("deepsvg"))
+    assert widget.max_iter.value() == DEFAULTS["max_epochs"] == 200  # the CLI's and API's
+    request_kwargs = {}
+    widget.method.setCurrentIndex(widget.method.findData("gmm"))
+    assert widget.max_iter.value() == 100 and request_kwargs == {}
+
+
+def test_load_dock_replaces_the_case_picks_dataset_cases_and_shows_errors(
+    make_napari_viewer_proxy, sample_data_dir, tmp_path, errors
+):
+    from napari_gmmseg._reader import CASE_ID_KEY
+    from napari_gmmseg._widgets import LoadCaseWidget
+
+    viewer = make_napari_viewer_proxy()
+    widget = dock(viewer, LoadCaseWidget(viewer))
+    widget.case_path.setText(str(sample_data_dir))  # a dataset root: its cases are offered
+    assert widget.case_choice.count() == 2 and widget.case_choice.isEnabled()
+    widget.case_choice.setCurrentIndex(1)
+    widget.load()
+    ids = {lay.metadata.get(CASE_ID_KEY) for lay in viewer.layers}
+    assert ids == {widget.case_choice.itemText(1)} and len(viewer.layers) == 4
+    widget.case_choice.setCurrentIndex(0)
+    widget.load()  # another case replaces the open one: never two patients overlaid
+    assert {lay.metadata.get(CASE_ID_KEY) for lay in viewer.layers} == {
+        widget.case_choice.itemText(0)
+    }
+    assert len(viewer.layers) == 4
+    widget.case_path.setText(str(tmp_path / "missing"))
+    widget.load()
+    assert "error:" in widget.status.text() and errors  # in the dock, not only notified

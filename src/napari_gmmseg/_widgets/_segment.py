@@ -77,6 +77,18 @@ DEEP_METHODS = ("deepg", "deepsvg", "deepsvg-mu")
 DEFAULT_CHANNELS = ("bSSFP", "LGE", "T2")
 
 
+def iteration_defaults() -> tuple[int, int, int]:
+    """``(max_iter, max_epochs, min_epochs)`` defaults, read from the core (never copied):
+    ``segment``'s EM limit and :data:`napari_gmmseg.deep.api.DEFAULTS` (torch-free import)."""
+    import inspect
+
+    from napari_gmmseg.deep.api import DEFAULTS
+    from napari_gmmseg.segment import segment
+
+    em = int(inspect.signature(segment).parameters["max_iter"].default)
+    return em, int(DEFAULTS["max_epochs"]), int(DEFAULTS["min_epochs"])
+
+
 def channel_name(layer) -> str:
     """Sequence name of an image layer: the reader's metadata, else guessed from the layer name."""
     from napari_gmmseg._reader import CHANNEL_KEY
@@ -333,7 +345,7 @@ class SegmentWidget(QWidget):
         )
         self.max_iter = QSpinBox()
         self.max_iter.setRange(1, 100000)
-        self.max_iter.setValue(100)
+        self.max_iter.setValue(iteration_defaults()[0])
         row = QHBoxLayout()
         row.addWidget(self.tol)
         self.max_iter_label = QLabel("max iter")
@@ -407,6 +419,8 @@ class SegmentWidget(QWidget):
         events = napari_viewer.layers.events
         for ev in (events.inserted, events.removed, events.reordered):
             ev.connect(self._refresh_channels)
+        events.removed.connect(self._clear_if_stale)
+        events.inserted.connect(self._clear_if_stale)
         self._refresh_channels()
         self._roi_changed()
         self._method_changed()
@@ -476,10 +490,11 @@ class SegmentWidget(QWidget):
         self.max_iter_label.setText("max epochs" if deep else "max iter")
         self.n_init.setEnabled(not deep)
         self.n_init_label.setEnabled(not deep)
-        if deep and self.max_iter.value() == 100:
-            self.max_iter.setValue(50)
-        elif not deep and self.max_iter.value() == 50:
-            self.max_iter.setValue(100)
+        em_limit, deep_limit, _ = iteration_defaults()
+        if deep and self.max_iter.value() == em_limit:
+            self.max_iter.setValue(deep_limit)
+        elif not deep and self.max_iter.value() == deep_limit:
+            self.max_iter.setValue(em_limit)
 
     def _presence_changed(self, *_: Any) -> None:
         active = self.presence.currentData() != "none"
@@ -566,7 +581,7 @@ class SegmentWidget(QWidget):
         limit = self.max_iter.value()
         if method in DEEP_METHODS:
             kwargs["max_epochs"] = limit
-            kwargs["min_epochs"] = min(limit, 10)
+            kwargs["min_epochs"] = min(limit, iteration_defaults()[2])
         else:
             kwargs["max_iter"] = limit
             if self.n_init.value() > 1:
@@ -730,6 +745,11 @@ class SegmentWidget(QWidget):
             show_error(str(outcome.error))
             self.status.setText(f"error: {outcome.error}")
             return
+        if outcome.cancelled and not np.any(outcome.finished):  # e.g. a deep run: no empty layer
+            self._discard(request)
+            self.progress.setValue(0)
+            self.status.setText("cancelled before any slice finished: nothing kept")
+            return
         try:
             layer = self._finish(request, outcome)
         except GmmSegError as exc:
@@ -797,6 +817,23 @@ class SegmentWidget(QWidget):
         if request.want_probabilities and fit.probabilities is not None:
             self._add_probabilities(request, fit, layer)
         return layer
+
+    def _clear_if_stale(self, *_args) -> None:
+        """Clear the status and volume table once their layer is gone or another case is open."""
+        from napari_gmmseg._reader import CASE_ID_KEY
+
+        out = self.last_output
+        if out is None or self.running:
+            return
+        case = out.metadata.get(CASE_ID_KEY)
+        others = {lay.metadata.get(CASE_ID_KEY) for lay in self.viewer.layers} - {None, case}
+        if out in self.viewer.layers and not others:
+            return
+        self.last_output = None
+        self.table.setRowCount(0)
+        fit_table_height(self.table)
+        self.progress.setValue(0)
+        self.status.setText("")
 
     def _show_table(self, features) -> None:
         self.table.setRowCount(len(features))
