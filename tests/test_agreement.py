@@ -99,3 +99,32 @@ def test_png_written_atomically_and_not_overwritten(tmp_path):
     assert out.read_bytes() == before
     plot_bland_altman({"scar_pct": {"m": ([1.0, 2.0], [1.5, 2.5])}}, out, overwrite=True)
     assert out.read_bytes() != before
+
+
+def test_matched_flavour_and_agreement_summary():
+    from napari_gmmseg.agreement import agreement_summary
+
+    rows = _rows()
+    for r in rows:  # the matched prediction is 2 points below the named one
+        r["pred_pct_matched"] = r["pred_pct"] - 2.0
+        r["pred_ml_matched"] = r["pred_ml"]
+    named = burden_agreement(rows, ("scar_pct",))["gmm"]["scar_pct"]
+    matched = burden_agreement(rows, ("scar_pct",), flavour="matched")["gmm"]["scar_pct"]
+    assert named.bias == pytest.approx(5.0) and matched.bias == pytest.approx(3.0)
+    assert matched.sd == pytest.approx(named.sd)
+    summ = agreement_summary(rows)
+    assert set(summ) == {"gmm", "svgmm"}
+    assert set(summ["gmm"]) == {"case", "slice"}
+    assert set(summ["gmm"]["slice"]) == {"named", "matched"}
+    s = summ["svgmm"]["slice"]["matched"]["scar_pct"]  # differences -3, -3, -3
+    assert (s["n"], s["bias"], s["mae"], s["sd"]) == (3, pytest.approx(-3.0), 3.0, 0.0)
+    assert s["loa_low"] == s["loa_high"] == pytest.approx(-3.0)
+    c = summ["gmm"]["case"]["named"]["scar_pct"]  # one volume row: 100 vs 0
+    assert (c["n"], c["bias"], c["sd"]) == (1, 100.0, 0.0)
+    assert "edema_pct" not in summ["gmm"]["case"]["named"]  # no volume row of edema
+    gmm_volume = next(r for r in rows if r["method"] == "gmm" and r["level"] == "volume")
+    gmm_volume["gt_pct"] = np.nan  # a pair without reference: n 0, statistics null in JSON
+    c = agreement_summary(rows)["gmm"]["case"]["named"]["scar_pct"]
+    assert c["n"] == 0 and c["bias"] is None and c["loa_low"] is None
+    with pytest.raises(ValueError, match="unknown flavour"):
+        burden_pairs(rows, flavour="oracle")

@@ -68,7 +68,7 @@ def test_evaluate_writes_csv_labels_and_summary(first_run, sample_data_dir):
     rows = read_csv(out / "metrics.csv")
     vol = [r for r in rows if r["slice"] == "volume"]
     assert sorted({r["case"] for r in vol}) == ids
-    assert len(vol) == 5 * len(ids)
+    assert len(vol) == 6 * len(ids)  # 4 classes, LV myocardium, scar+edema
     dice = np.array([r["dice"] for r in rows])
     ok = np.isfinite(dice)
     assert ok.any() and np.all((dice[ok] >= 0) & (dice[ok] <= 1))
@@ -99,6 +99,107 @@ def test_evaluate_writes_csv_labels_and_summary(first_run, sample_data_dir):
     agg = summary["aggregates"]["gmm"]
     assert agg["volume"]["n_units"] == len(ids)
     assert agg["runtime"]["segmented"] == len(ids)
+
+
+def test_evaluate_reports_myops_scores_and_burden_agreement(first_run, sample_data_dir):
+    """Per case scar / scar+edema Dice and burden agreement, as named and matched, in every output."""
+    from napari_gmmseg.agreement import bland_altman
+    from napari_gmmseg.io import discover_cases, read_labels
+    from napari_gmmseg.metrics import match_slices, myops_scores
+
+    out, _, printed = first_run
+    assert "MyoPS 2020 scores: Dice per case" in printed and "Burden agreement" in printed
+    assert "named scar+edema" in printed and "matched scar+edema" in printed
+    rows = read_csv(out / "metrics.csv")
+    vol = {(r["case"], r["class"]): r for r in rows if r["slice"] == "volume"}
+    named, matched = [], []
+    for src in discover_cases(sample_data_dir):
+        gt = src.load().labels  # (Z, Y, X), as the saved map reads back
+        lab = read_labels(out / "gmm" / f"{src.case_id}.nii.gz")
+        lab = np.where(np.isin(gt, [500, 200, 1220, 2221]), lab, 0)  # the ROI
+        s = myops_scores(lab, gt)
+        m = myops_scores(match_slices(lab, gt, components=[500, 200, 1220, 2221])[0], gt)
+        assert vol[(src.case_id, "scar")]["dice_named"] == pytest.approx(s["scar_dice"], abs=1e-5)
+        r = vol[(src.case_id, "scar+edema")]
+        assert r["dice_named"] == pytest.approx(s["scar_edema_dice"], abs=1e-5)
+        assert r["dice"] == pytest.approx(m["scar_edema_dice"], abs=1e-5)
+        assert np.isfinite(r["pred_pct_matched"]) and np.isfinite(r["pred_ml_matched"])
+        named.append(s["scar_edema_dice"])
+        matched.append(m["scar_edema_dice"])
+    agg = json.loads((out / "summary.json").read_text())["aggregates"]["gmm"]
+    myops = agg["myops_per_case"]
+    assert myops["named"]["scar+edema"]["mean"] == pytest.approx(np.mean(named), abs=1e-5)
+    assert myops["matched"]["scar+edema"]["mean"] == pytest.approx(np.mean(matched), abs=1e-5)
+    assert set(myops["named"]) == {"scar", "scar+edema", "LV myocardium"}
+    scar = [r for r in rows if r["class"] == "scar"]
+    for level, row_level in (("case", "volume"), ("slice", "slice")):
+        for flavour, col in (("named", "pred_pct"), ("matched", "pred_pct_matched")):
+            sel = [r for r in scar if r["level"] == row_level]
+            ba = bland_altman([r[col] for r in sel], [r["gt_pct"] for r in sel])
+            got = agg["burden_agreement"][level][flavour]["scar_pct"]
+            assert got["n"] == ba.n and got["bias"] == pytest.approx(ba.bias, abs=1e-4)
+            assert got["mae"] == pytest.approx(ba.mae, abs=1e-4)
+            assert set(agg["burden_agreement"][level][flavour]) >= {"scar_pct", "edema_ml"}
+
+
+def _two_case_rows() -> list[dict]:
+    """Metric rows of two hand-made one-slice cases (1 mm³ voxels, 100-pixel LV myocardium).
+
+    Case A: 60 healthy, 20 scar, 20 edema; named with scar and edema swapped.
+    Case B: 90 healthy, 10 scar; predicted 70 healthy, 30 scar (covering the true scar).
+    """
+    from napari_gmmseg.metrics import evaluate_labels
+
+    rows = []
+    gt_a = np.zeros((1, 10, 10), np.int32)
+    gt_a[0, :6], gt_a[0, 6:8], gt_a[0, 8:] = 200, 2221, 1220
+    pred_a = gt_a.copy()
+    pred_a[0, 6:8], pred_a[0, 8:] = 1220, 2221
+    gt_b = np.full((1, 10, 10), 200, np.int32)
+    gt_b[0, 9] = 2221
+    pred_b = gt_b.copy()
+    pred_b[0, 7:] = 2221
+    for case, pred, gt in (("A", pred_a, gt_a), ("B", pred_b, gt_b)):
+        for r in evaluate_labels(pred, gt, (1.0, 1.0, 1.0)):
+            rows.append({"case": case, "method": "m", **r})
+    return rows
+
+
+def test_summarize_and_table_known_myops_scores_and_agreement():
+    from napari_gmmseg.batch import format_table, summarize
+
+    agg = summarize(_two_case_rows(), [], ["m"])["m"]
+    named, matched = agg["myops_per_case"]["named"], agg["myops_per_case"]["matched"]
+    # scar Dice per case: named A 0 (swapped), B 2·10/(30+10) = 0.5; matched A 1, B 0.5
+    assert named["scar"]["mean"] == pytest.approx(0.25) and named["scar"]["std"] == 0.25
+    assert matched["scar"]["mean"] == pytest.approx(0.75) and matched["scar"]["n"] == 2
+    # scar ∪ edema: A 1 either way, B 0.5
+    assert named["scar+edema"]["mean"] == pytest.approx(0.75)
+    assert matched["scar+edema"]["mean"] == pytest.approx(0.75)
+    # scar burden (% LV myocardium) per case: A 20 vs 20, B 30 vs 10 -> differences 0, +20
+    sd = np.std([0.0, 20.0], ddof=1)
+    for level in ("case", "slice"):  # one slice per case: the same pairs
+        for flavour in ("named", "matched"):
+            s = agg["burden_agreement"][level][flavour]["scar_pct"]
+            assert (s["n"], s["bias"], s["mae"]) == (2, pytest.approx(10.0), pytest.approx(10.0))
+            assert s["loa_low"] == pytest.approx(10.0 - 1.96 * sd)
+            assert s["loa_high"] == pytest.approx(10.0 + 1.96 * sd)
+    # edema: A 20 vs 20 as named, B 0 vs 0 -> no error; scar in mL: 0 and +0.02
+    assert agg["burden_agreement"]["case"]["named"]["edema_pct"]["mae"] == 0.0
+    assert agg["burden_agreement"]["case"]["named"]["scar_ml"]["bias"] == pytest.approx(0.01)
+    assert agg["burden"]["scar_pct"]["bias"] == pytest.approx(10.0)  # the same fact, same home
+    table = format_table({"m": agg}, ["m"])
+    lines = table.splitlines()
+    head = next(i for i, ln in enumerate(lines) if ln.startswith("MyoPS 2020 scores"))
+    assert lines[head + 1].split()[2:] == ["named", "scar", "named", "scar+edema", "matched",
+                                            "scar", "matched", "scar+edema", "named", "LV", "myo"]  # fmt: skip
+    cells = lines[head + 2].replace(" ± ", "±").split()
+    assert cells == ["m", "2", "0.25±0.25", "0.75±0.25", "0.75±0.25", "0.75±0.25", "1.00±0.00"]
+    agreement = [ln.split() for ln in table.splitlines() if ln.startswith("m ") and "[" in ln]
+    assert [a[1:3] for a in agreement] == [
+        ["named", "case"], ["named", "slice"], ["matched", "case"], ["matched", "slice"]
+    ]  # fmt: skip
+    assert agreement[0][3:7] == ["2", "10.0", "+10.0", f"[{10 - 1.96 * sd:+.1f},"]
 
 
 def test_resume_skips_and_force_recomputes(first_run, sample_data_dir, tmp_path):

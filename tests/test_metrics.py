@@ -181,3 +181,71 @@ def test_evaluate_labels_rows_volume_and_slices():
     assert all(r["dice"] == 1.0 and r["dice_named"] == 1.0 for r in vol)
     assert all(r["pred_ml"] == r["gt_ml"] for r in vol)
     assert all(r["hd95_mm"] == 0.0 for r in vol)
+
+
+def test_myops_scores_known_overlaps():
+    """Per case scar and scar ∪ edema Dice, the MyoPS 2020 challenge's scores, on known counts."""
+    gt = np.zeros((2, 10, 10), np.int32)
+    pred = np.zeros_like(gt)
+    gt[0, :5] = 200  # 50 healthy myocardium
+    gt[0, 5:8] = 1220  # 30 edema
+    gt[1, :2] = 2221  # 20 scar, in another slice
+    pred[0, :5] = 200
+    pred[0, 5:8] = 2221  # the edema called scar: scar 0 TP, lesion right
+    pred[1, :2] = 2221  # 20 scar right
+    pred[1, 2:4] = 1220  # 20 edema where GT is background
+    s = metrics.myops_scores(pred, gt)
+    assert list(s) == ["scar_dice", "scar_edema_dice", "lv_myocardium_dice"]
+    assert s["scar_dice"] == pytest.approx(2 * 20 / (50 + 20))  # one Dice over the whole case
+    assert s["scar_edema_dice"] == pytest.approx(2 * 50 / (70 + 50))
+    assert s["lv_myocardium_dice"] == pytest.approx(2 * 100 / (120 + 100))
+    # ROI: predictions outside it are background
+    roi = np.ones(gt.shape, bool)
+    roi[1, 2:4] = False
+    assert metrics.myops_scores(pred, gt, roi=roi)["scar_edema_dice"] == pytest.approx(1.0)
+
+
+def test_myops_scores_empty_regions():
+    gt = np.zeros((1, 6, 6), np.int32)
+    gt[0, :3] = 200
+    healthy = metrics.myops_scores(gt.copy(), gt)  # no scar, no edema anywhere
+    assert np.isnan(healthy["scar_dice"]) and np.isnan(healthy["scar_edema_dice"])
+    assert healthy["lv_myocardium_dice"] == 1.0
+    assert metrics.myops_scores(gt.copy(), gt, empty=1.0)["scar_dice"] == 1.0
+    pred = gt.copy()
+    pred[0, 0, 0] = 2221  # scar called where there is none: 0, not undefined
+    s = metrics.myops_scores(pred, gt)
+    assert s["scar_dice"] == 0.0 and s["scar_edema_dice"] == 0.0
+
+
+def _swapped_lesion_case() -> tuple[np.ndarray, np.ndarray]:
+    """One slice: 60 healthy, 20 scar, 20 edema; the prediction names scar and edema swapped."""
+    gt = np.zeros((1, 10, 10), np.int32)
+    gt[0, :6], gt[0, 6:8], gt[0, 8:] = 200, 2221, 1220
+    pred = gt.copy()
+    pred[0, 6:8], pred[0, 8:] = 1220, 2221
+    return pred, gt
+
+
+def test_evaluate_labels_scar_edema_rows_and_matched_burden():
+    pred, gt = _swapped_lesion_case()
+    pred[0, 9, :5] = 200  # 5 edema pixels missed: burden differs between named and matched
+    rows = metrics.evaluate_labels(pred, gt, (2.0, 1.0, 1.0))
+    vol = {r["class"]: r for r in rows if r["level"] == "volume"}
+    assert vol["scar"]["dice_named"] == 0.0 and vol["scar"]["dice"] == 1.0
+    lesion = vol[metrics.SCAR_EDEMA_NAME]
+    assert lesion["dice_named"] == pytest.approx(2 * 35 / (35 + 40))  # named = matched: a union
+    assert lesion["dice"] == pytest.approx(lesion["dice_named"])
+    # the MyoPS scores are these volume rows
+    s = metrics.myops_scores(pred, gt)
+    assert s["scar_dice"] == vol["scar"]["dice_named"]
+    assert s["scar_edema_dice"] == pytest.approx(lesion["dice_named"])
+    # burden: as named (scar 15 px) and matched (scar 20 px), 2 mm³ voxels, LV myo 100 px
+    assert vol["scar"]["pred_ml"] == pytest.approx(15 * 2 / 1000)
+    assert vol["scar"]["pred_ml_matched"] == pytest.approx(20 * 2 / 1000)
+    assert vol["scar"]["pred_pct"] == pytest.approx(15.0)
+    assert vol["scar"]["pred_pct_matched"] == pytest.approx(20.0)
+    assert vol["edema"]["pred_pct_matched"] == pytest.approx(15.0)
+    assert lesion["pred_pct"] == pytest.approx(35.0) and lesion["gt_pct"] == pytest.approx(40.0)
+    assert lesion["pred_ml"] == pytest.approx(35 * 2 / 1000)
+    assert np.isnan(vol["myocardium"]["pred_pct_matched"])  # % only for scar / edema / lesion

@@ -332,3 +332,35 @@ def test_restarts_refuse_deterministic_inits_and_bad_counts():
         fit_gmm(batch, n_components=3, n_init=0)
     with pytest.raises(RoiError):
         fit_gmm(batch, n_components=5000, n_init=2)
+
+
+# ----------------------------------------------------------------------------- pinned results
+def test_engine_results_are_pinned_on_a_phantom(repo_root):
+    """Labels, final NLL and iterations of every engine path, as computed before the
+    engine was split by step (issue 15): a refactor must leave them unchanged."""
+    import hashlib
+    import json
+
+    from napari_gmmseg.phantom import make_case
+
+    pinned = json.loads((repo_root / "tests/data/engine_golden.json").read_text())
+    case = make_case(0, n_slices=4, size=64)
+    roi = np.isin(case.labels, (200, 500, 1220, 2221))
+    batch = SliceBatch.from_volume(case.images, roi, channels=case.channels, device="cpu")
+    for ref in pinned:
+        seen = []
+        fn = fit_gmm if ref["method"] == "gmm" else fit_svgmm
+        res = fn(
+            batch,
+            n_components=4,
+            seed=3,
+            progress=lambda p, seen=seen: seen.append(p.slices_done),
+            **ref["options"],
+        )
+        lab = res.labels.numpy().astype(np.int64) * batch.valid.numpy()
+        what = f"{ref['method']} {ref['options']}"
+        assert hashlib.sha256(lab.tobytes()).hexdigest() == ref["labels_sha256"], what
+        assert res.final_nll.tolist() == pytest.approx(ref["final_nll"], rel=1e-9, abs=0), what
+        assert res.n_iter.tolist() == ref["n_iter"], what
+        assert float(res.means.double().sum()) == pytest.approx(ref["means_sum"], rel=1e-6), what
+        assert seen == ref["progress"], what

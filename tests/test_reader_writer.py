@@ -137,3 +137,17 @@ def test_open_case_folder_in_viewer(make_napari_viewer_proxy, sample_data_dir, t
     # File > Open Sample
     viewer.open_sample("napari-gmmseg", "phantom_no_scar")
     assert "T2 [1]" in [layer.name for layer in viewer.layers]
+
+
+def test_the_reader_manifest_and_the_load_dock_accept_every_image_suffix_of_io():
+    from pathlib import Path
+
+    import yaml
+
+    from napari_gmmseg.io import IMAGE_SUFFIXES
+
+    manifest = yaml.safe_load((Path(__file__).parents[1] / "napari.yaml").read_text())
+    (reader,) = manifest["contributions"]["readers"]
+    assert reader["filename_patterns"] == ["*" + s for s in IMAGE_SUFFIXES]
+    src = (Path(__file__).parents[1] / "src/napari_gmmseg/_widgets/_load.py").read_text()
+    assert "IMAGE_SUFFIXES" in src and ".nrrd" not in src  # the dock's filter reads io's list

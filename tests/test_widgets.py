@@ -342,11 +342,20 @@ def test_inspect_evaluate_export_after_a_run(
         for r in evaluate_labels(np.asarray(out.data), case.labels, case.spacing_mm)
         if r["level"] == "volume"
     ]
-    assert evaluate.table.rowCount() == len(expected) == 5
+    assert evaluate.table.rowCount() == len(expected) == 6  # 4 classes, LV myo, scar+edema
     for i, r in enumerate(expected):
         assert evaluate.table.item(i, 0).text() == r["class"]
         assert float(evaluate.table.item(i, 1).text()) == pytest.approx(r["dice"], abs=1e-3)
     assert "scar" in evaluate.summary.text() and "mL" in evaluate.summary.text()
+    # the MyoPS 2020 per-case scores of the current layer, as named and matched
+    from napari_gmmseg.metrics import myops_scores
+
+    scores = myops_scores(np.asarray(out.data), case.labels)
+    text = evaluate.summary.text()
+    assert f"scar Dice {scores['scar_dice']:.3f} as named" in text
+    assert f"scar ∪ edema Dice {scores['scar_edema_dice']:.3f} as named" in text
+    lesion = next(r for r in expected if r["class"] == "scar+edema")
+    assert f"{lesion['dice']:.3f} matched" in text
     # Relabel: afterwards the labels as named score the matched Dice
     evaluate.relabel()
     after = [
@@ -488,15 +497,16 @@ def test_cancelled_deep_run_leaves_no_empty_layer(make_napari_viewer_proxy, qtbo
 
 def test_iteration_defaults_are_those_of_the_core(make_napari_viewer_proxy):
     from napari_gmmseg.deep.api import DEFAULTS
+    from napari_gmmseg.methods import DeepOptions
 
     viewer = make_napari_viewer_proxy()
     widget = segment_widget(viewer, "gmm")
     assert widget.max_iter.value() == 100  # segment(max_iter=100)
     widget.method.setCurrentIndex(widget.method.findData("deepsvg"))
-    assert widget.max_iter.value() == DEFAULTS["max_epochs"] == 200  # the CLI's and API's
-    request_kwargs = {}
+    # the CLI's and API's epoch limit (it was 50 in the dock)
+    assert widget.max_iter.value() == DeepOptions().max_epochs == DEFAULTS["max_epochs"] == 200
     widget.method.setCurrentIndex(widget.method.findData("gmm"))
-    assert widget.max_iter.value() == 100 and request_kwargs == {}
+    assert widget.max_iter.value() == 100
 
 
 def test_load_dock_replaces_the_case_picks_dataset_cases_and_shows_errors(

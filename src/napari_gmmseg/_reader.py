@@ -45,14 +45,14 @@ LayerData = tuple[Any, dict[str, Any], str]
 def _is_candidate(path: Path) -> bool:
     """A tagged image file, a sequence's DICOM folder, or a folder holding cases."""
     from napari_gmmseg.errors import GmmSegError
-    from napari_gmmseg.io import _is_image_path, _role, discover_cases
+    from napari_gmmseg.io import discover_cases, file_role, is_image_path
 
     if path.is_dir():
         try:
-            return _role(path) is not None or bool(discover_cases(path))
+            return file_role(path) is not None or bool(discover_cases(path))
         except (GmmSegError, OSError):
             return False
-    return _is_image_path(path) and _role(path) is not None
+    return is_image_path(path) and file_role(path) is not None
 
 
 def napari_get_reader(path: str | Sequence[str]) -> Callable[..., list[LayerData]] | None:
@@ -166,13 +166,13 @@ def read_case(path: str | Sequence[str]) -> list[LayerData]:
 
     Files of the same case given together are loaded once.
     """
-    from napari_gmmseg.io import _role, load_case, read_labels
+    from napari_gmmseg.io import file_role, load_case, read_labels
 
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     layers: list[LayerData] = []
     seen: set[tuple[str, str]] = set()
     for p in map(Path, paths):
-        role = None if p.is_dir() else _role(p)
+        role = None if p.is_dir() else file_role(p)
         if role is not None and role[0] == "mask":
             labels, geometry = read_labels(p, with_geometry=True)
             layers.append(labels_layer_data(labels, geometry, source=str(p)))

@@ -26,14 +26,22 @@ import numpy as np
 from napari_gmmseg.errors import OutputExistsError
 
 __all__ = [
+    "FLAVOURS",
+    "LEVELS",
     "QUANTITIES",
     "BlandAltman",
+    "agreement_summary",
     "bland_altman",
     "burden_agreement",
     "burden_pairs",
     "plot_bland_altman",
     "write_bland_altman",
 ]
+
+#: Which prediction the statistics describe: the labels as the method named them
+#: (``pred_ml`` / ``pred_pct``, what a user gets) or after per-slice matching to
+#: the ground truth (``pred_ml_matched`` / ``pred_pct_matched``, the paper's protocol).
+FLAVOURS: dict[str, str] = {"named": "", "matched": "_matched"}
 
 #: quantity -> (row class, value column suffix, axis label)
 QUANTITIES: dict[str, tuple[str, str, str]] = {
@@ -105,7 +113,11 @@ def bland_altman(pred: Sequence[float], ref: Sequence[float]) -> BlandAltman:
 
 
 def burden_pairs(
-    rows: Iterable[Mapping[str, Any]], quantity: str = "scar_pct", *, level: str = "slice"
+    rows: Iterable[Mapping[str, Any]],
+    quantity: str = "scar_pct",
+    *,
+    level: str = "slice",
+    flavour: str = "named",
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Method and ground-truth values of one quantity, per method, from metric rows.
 
@@ -114,11 +126,14 @@ def burden_pairs(
     rows : iterable of mapping
         Rows with ``method``, ``level``, ``class`` and ``pred_pct``/``gt_pct`` or
         ``pred_ml``/``gt_ml`` (the rows of ``metrics.csv``; a missing ``method``
-        counts as ``""``).
+        counts as ``""``); ``pred_pct_matched`` / ``pred_ml_matched`` for
+        ``flavour="matched"``.
     quantity : str
         A key of :data:`QUANTITIES`.
     level : {"slice", "volume"}
         Per slice or per case.
+    flavour : {"named", "matched"}
+        Prediction as named or after matching (:data:`FLAVOURS`).
 
     Returns
     -------
@@ -127,13 +142,16 @@ def burden_pairs(
     """
     if quantity not in QUANTITIES:
         raise ValueError(f"unknown quantity {quantity!r}; known: {tuple(QUANTITIES)}")
+    if flavour not in FLAVOURS:
+        raise ValueError(f"unknown flavour {flavour!r}; known: {tuple(FLAVOURS)}")
     cls, col, _ = QUANTITIES[quantity]
+    pred_key = f"pred_{col}{FLAVOURS[flavour]}"
     out: dict[str, tuple[list[float], list[float]]] = {}
     for row in rows:
         if row.get("level", level) != level or row.get("class") != cls:
             continue
         pred, ref = out.setdefault(str(row.get("method", "")), ([], []))
-        pred.append(float(row[f"pred_{col}"]))
+        pred.append(float(row[pred_key]))
         ref.append(float(row[f"gt_{col}"]))
     return {m: (np.asarray(p), np.asarray(r)) for m, (p, r) in out.items()}
 
@@ -143,6 +161,7 @@ def burden_agreement(
     quantities: Sequence[str] = ("scar_pct", "edema_pct"),
     *,
     level: str = "slice",
+    flavour: str = "named",
 ) -> dict[str, dict[str, BlandAltman]]:
     """Bland-Altman statistics per method and quantity from metric rows.
 
@@ -154,6 +173,8 @@ def burden_agreement(
         Keys of :data:`QUANTITIES`.
     level : {"slice", "volume"}
         Per slice or per case.
+    flavour : {"named", "matched"}
+        Prediction as named or after matching (:data:`FLAVOURS`).
 
     Returns
     -------
@@ -163,8 +184,48 @@ def burden_agreement(
     rows = list(rows)
     out: dict[str, dict[str, BlandAltman]] = {}
     for q in quantities:
-        for method, (p, r) in burden_pairs(rows, q, level=level).items():
+        for method, (p, r) in burden_pairs(rows, q, level=level, flavour=flavour).items():
             out.setdefault(method, {})[q] = bland_altman(p, r)
+    return out
+
+
+#: Levels of :func:`agreement_summary`: its name -> the ``level`` of the metric rows.
+LEVELS: dict[str, str] = {"case": "volume", "slice": "slice"}
+
+
+def _plain(ba: BlandAltman) -> dict[str, float | None]:
+    """``BlandAltman.to_dict`` with NaN as None (JSON null)."""
+    return {
+        k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in ba.to_dict().items()
+    }
+
+
+def agreement_summary(
+    rows: Iterable[Mapping[str, Any]], quantities: Sequence[str] = tuple(QUANTITIES)
+) -> dict[str, dict[str, dict[str, dict[str, dict[str, float | None]]]]]:
+    """Burden agreement per method, per case and per slice, as named and matched.
+
+    Parameters
+    ----------
+    rows : iterable of mapping
+        Metric rows with a ``method`` column (see :func:`burden_pairs`), both levels.
+    quantities : sequence of str
+        Keys of :data:`QUANTITIES` (default all: scar / edema in % of LV myocardium and mL).
+
+    Returns
+    -------
+    dict
+        ``method -> level ("case" | "slice") -> flavour ("named" | "matched") ->
+        quantity -> {n, bias, sd, loa_low, loa_high, mae}`` (NaN as None).
+    """
+    rows = list(rows)
+    out: dict[str, dict[str, dict[str, dict[str, dict[str, float | None]]]]] = {}
+    for level, row_level in LEVELS.items():
+        for flavour in FLAVOURS:
+            stats = burden_agreement(rows, quantities, level=row_level, flavour=flavour)
+            for method, per_q in stats.items():
+                dest = out.setdefault(method, {}).setdefault(level, {})
+                dest[flavour] = {q: _plain(ba) for q, ba in per_q.items()}
     return out
 
 
@@ -299,13 +360,4 @@ def write_bland_altman(
         overwrite=overwrite,
     )
     stats = burden_agreement(rows, quantities, level=level)
-    return {
-        m: {
-            q: {
-                k: (None if isinstance(v, float) and math.isnan(v) else v)
-                for k, v in s.to_dict().items()
-            }
-            for q, s in d.items()
-        }
-        for m, d in stats.items()
-    }
+    return {m: {q: _plain(s) for q, s in d.items()} for m, d in stats.items()}

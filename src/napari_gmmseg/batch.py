@@ -34,16 +34,17 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from napari_gmmseg._json import jsonable
 from napari_gmmseg._version import __version__
 from napari_gmmseg.errors import CaseLoadError, GeometryError, GmmSegError, ModelError, RoiError
 from napari_gmmseg.labels import CLASS_NAMES, LV_ROI_VALUES
-from napari_gmmseg.metrics import LV_MYOCARDIUM_NAME
+from napari_gmmseg.metrics import LV_MYOCARDIUM_NAME, SCAR_EDEMA_NAME
 from napari_gmmseg.presence import resolve_rule
 
 #: Column order of ``metrics.csv``.
@@ -60,12 +61,28 @@ CSV_COLUMNS: tuple[str, ...] = (
     "gt_ml",
     "pred_pct",
     "gt_pct",
+    "pred_ml_matched",
+    "pred_pct_matched",
     "gt_present",
     "pred_present",
     "all_classes",
 )
-#: Columns of the Dice tables: the four classes, their mean, and the LV myocardium.
-TABLE_CLASSES: tuple[str, ...] = (*CLASS_NAMES, LV_MYOCARDIUM_NAME)
+#: Columns of ``metrics.csv`` that hold numbers.
+_FLOAT_COLUMNS: tuple[str, ...] = (
+    "dice",
+    "dice_named",
+    "hd95_mm",
+    "pred_ml",
+    "gt_ml",
+    "pred_pct",
+    "gt_pct",
+    "pred_ml_matched",
+    "pred_pct_matched",
+)
+#: Classes aggregated in the Dice blocks: the four classes, the LV myocardium, scar ∪ edema.
+TABLE_CLASSES: tuple[str, ...] = (*CLASS_NAMES, LV_MYOCARDIUM_NAME, SCAR_EDEMA_NAME)
+#: The MyoPS 2020 per-case scores (plus LV myocardium) of ``summarize``'s ``myops_per_case``.
+MYOPS_CLASSES: tuple[str, ...] = ("scar", SCAR_EDEMA_NAME, LV_MYOCARDIUM_NAME)
 
 
 @dataclass
@@ -146,22 +163,6 @@ def _atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, (str, int, float, bool)) or obj is None:
-        return obj
-    return str(obj)
-
-
 def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
@@ -183,7 +184,7 @@ def _resolve_roi(roi: str | os.PathLike | None, case) -> np.ndarray | None:
             hits = sorted(
                 p
                 for p in path.iterdir()
-                if p.name.lower().endswith((".nii.gz", ".nii", ".mha", ".nrrd"))
+                if io.is_image_path(p)
                 and case.case_id in p.name.split(".")[0].replace("-", "_").split("_")
             )
             if not hits:
@@ -205,38 +206,57 @@ def _resolve_roi(roi: str | os.PathLike | None, case) -> np.ndarray | None:
     return mask
 
 
-def _method_kwargs(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    """Options for one method: deep-only options go to deep methods, EM-only ones to EM."""
-    deep = method.startswith("deep")
-    out = {}
-    for key, value in options.items():
-        if value is None:
-            continue
-        if (key in _DEEP_ONLY and not deep) or (key in _EM_ONLY and deep):
-            continue
-        out[key] = value
-    return out
-
-
-#: Options that only the EM methods (gmm, svgmm) accept.
-_EM_ONLY = frozenset({"n_init"})
-
-
-#: Options that only deep methods accept.
-_DEEP_ONLY = frozenset(
+#: Options of :func:`napari_gmmseg.segment.segment` itself, which every method takes.
+_SEGMENT_OPTIONS = frozenset(
     {
-        "max_epochs",
-        "min_epochs",
-        "lr",
-        "weight_decay",
-        "clip_norm",
-        "lam",
-        "mu_data",
-        "weights",
-        "network",
-        "amp",
+        "n_classes",
+        "covariance_type",
+        "init",
+        "tol",
+        "max_iter",
+        "seed",
+        "device",
+        "per_slice",
+        "prior",
+        "normalize",
+        "return_probabilities",
+        "clip_percentiles",
+        "extreme",
     }
 )
+
+
+def _method_kwargs(method: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Options for one method: ``segment``'s own, and those the method's registry entry takes.
+
+    Options of other methods (``n_init`` for a deep method, ``max_epochs`` for EM) are
+    left out, so one option set serves a whole ``--methods`` list.
+    """
+    from napari_gmmseg.methods import get_method
+
+    spec = get_method(method)
+    return {
+        key: value
+        for key, value in options.items()
+        if value is not None and (key in _SEGMENT_OPTIONS or spec.accepts(key))
+    }
+
+
+def _check_options(methods: Sequence[str], options: Mapping[str, Any]) -> None:
+    """Refuse, before any case runs, an option no method takes (misspelt) or a bad value.
+
+    An option of another registered method (``max_epochs`` with only ``gmm``) is left
+    out for the methods that do not take it, so one option set serves a method list.
+    """
+    from napari_gmmseg.methods import METHODS, get_method
+
+    specs = [get_method(m) for m in methods]
+    given = {k: v for k, v in options.items() if v is not None and k not in _SEGMENT_OPTIONS}
+    stray = sorted(k for k in given if not any(spec.accepts(k) for spec in METHODS.values()))
+    if stray:
+        raise ModelError(f"unknown option(s) {stray}; no method takes them")
+    for spec in specs:
+        spec.make_options({k: v for k, v in given.items() if spec.accepts(k)})
 
 
 def evaluate_case(
@@ -339,11 +359,11 @@ def evaluate_case(
                     "converged_fraction": float(np.mean(fit.converged_))
                     if len(fit.converged_)
                     else 0.0,
-                    "params": _jsonable(fit.params),
+                    "params": jsonable(fit.params),
                     "requested": requested,
                     "version": __version__,
                 }
-                _atomic_write_text(sidecar, json.dumps(_jsonable(info), indent=1))
+                _atomic_write_text(sidecar, json.dumps(jsonable(info), indent=1))
             rows = []
             if case.labels is not None:
                 for row in evaluate_labels(
@@ -378,13 +398,15 @@ def _requested(method: str, options: Mapping[str, Any], presence: Any, roi: Any)
         for n, p in inspect.signature(segment).parameters.items()
         if p.default is not inspect.Parameter.empty and n not in ("progress", "should_stop")
     }
-    defaults.update(n_init=1, extreme="refuse")
+    from napari_gmmseg.methods import get_method
+
+    spec = get_method(method)
+    own = {f.name: getattr(spec.make_options({}), f.name) for f in fields(spec.options)}
+    defaults.update(own, extreme="refuse")
     kwargs = {**defaults, **_method_kwargs(method, options)}
     kwargs = {k: v for k, v in kwargs.items() if k not in _NOT_COMPARED and v is not None}
-    if method.startswith("deep"):
-        kwargs.pop("n_init", None)
     roi_key = "gt" if roi is None or str(roi).lower() == "gt" else str(Path(roi).resolve())
-    return _jsonable({"options": kwargs, "presence": presence, "roi": roi_key})
+    return jsonable({"options": kwargs, "presence": presence, "roi": roi_key})
 
 
 def _reusable(label_path: Path, sidecar: Path, requested: Mapping[str, Any]) -> bool:
@@ -533,13 +555,12 @@ def evaluate_dataset(
     methods = list(dict.fromkeys(m.strip().lower() for m in methods if m.strip()))
     if not methods:
         raise ModelError("no method given")
-    try:
-        from napari_gmmseg.segment import METHODS
-    except ImportError:  # pragma: no cover - engine not installed
-        METHODS = ("gmm", "svgmm", "deepg", "deepsvg", "deepsvg-mu")
+    from napari_gmmseg.methods import METHODS
+
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ModelError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
+    _check_options(methods, options or {})
     dataset = Path(dataset)
     sources = io.discover_cases(dataset)
     if cases is not None:
@@ -607,7 +628,7 @@ def evaluate_dataset(
     write_csv(rows, out_dir / "metrics.csv")
     if rows and plots:
         summary["bland_altman"] = _bland_altman(rows, out_dir, summary["warnings"])
-    _atomic_write_text(out_dir / "summary.json", json.dumps(_jsonable(summary), indent=1))
+    _atomic_write_text(out_dir / "summary.json", json.dumps(jsonable(summary), indent=1))
     return Evaluation(outcomes, rows, summary, table, out_dir)
 
 
@@ -713,8 +734,9 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
     with open(path, newline="") as fh:
         for row in csv.DictReader(fh):
             r: dict[str, Any] = dict(row)
-            for col in ("dice", "dice_named", "hd95_mm", "pred_ml", "gt_ml", "pred_pct", "gt_pct"):
-                r[col] = float(r[col])
+            for col in _FLOAT_COLUMNS:
+                if col in r:  # a metrics.csv from before the matched burden columns
+                    r[col] = float(r[col])
             for col in ("gt_present", "pred_present", "all_classes"):
                 r[col] = r[col] == "1"
             r["slice"] = r["slice"] if r["slice"] == "volume" else int(r["slice"])
@@ -763,8 +785,16 @@ def summarize(
     predicted and true scar / edema % of LV myocardium and volume in mL, bias =
     mean(pred - GT), MAE = mean |pred - GT|), ``hd95_mm`` per volume when computed,
     and ``runtime`` (cases segmented / skipped / failed, mean fit seconds per case).
+    ``myops_per_case`` holds the MyoPS 2020 challenge's scores (Dice per case of
+    scar and of scar ∪ edema, plus LV myocardium) ``named`` and ``matched`` (views of
+    ``volume_named`` and ``volume``); ``burden_agreement`` the MAE, bias and 95 %
+    limits of agreement of scar / edema burden (% and mL) per ``case`` and per
+    ``slice``, ``named`` and ``matched``
+    (:func:`napari_gmmseg.agreement.agreement_summary`).
     Each statistic carries ``n`` (values used) and ``excluded`` (NaN values left out).
     """
+    from napari_gmmseg.agreement import agreement_summary, bland_altman
+
     out: dict[str, Any] = {}
     for method in methods:
         mrows = [r for r in rows if r["method"] == method]
@@ -784,16 +814,20 @@ def summarize(
                 [(r[f"pred_{unit}"], r[f"gt_{unit}"]) for r in vol if r["class"] == name],
                 dtype=np.float64,
             ).reshape(-1, 2)
-            diff = pairs[:, 0] - pairs[:, 1]
-            ok = np.isfinite(diff)
+            ba = bland_altman(pairs[:, 0], pairs[:, 1])
             burden[f"{name}_{unit}"] = {
                 "pred": _stat(pairs[:, 0]),
                 "gt": _stat(pairs[:, 1]),
-                "bias": float(diff[ok].mean()) if ok.any() else None,
-                "mae": float(np.abs(diff[ok]).mean()) if ok.any() else None,
-                "n": int(ok.sum()),
+                "bias": ba.bias if ba.n else None,
+                "mae": ba.mae if ba.n else None,
+                "n": ba.n,
             }
         agg["burden"] = burden
+        agg["myops_per_case"] = {
+            flavour: {name: agg[block][name] for name in MYOPS_CLASSES}
+            for flavour, block in (("named", "volume_named"), ("matched", "volume"))
+        }
+        agg["burden_agreement"] = agreement_summary(mrows).get(method, {})
         mo = [o for o in outcomes if o.method == method]
         secs = [o.seconds for o in mo if o.status != "failed" and o.seconds is not None]
         agg["runtime"] = {
@@ -814,6 +848,71 @@ def _pm(stat: Mapping[str, Any] | None, digits: int = 2) -> str:
 
 def _num(v: float | None, digits: int = 1) -> str:
     return "-" if v is None else f"{v:+.{digits}f}" if digits < 0 else f"{v:.{digits}f}"
+
+
+def _myops_lines(aggregates: Mapping[str, Any], methods: Sequence[str], w: int) -> list[str]:
+    """The MyoPS 2020 per-case Dice block, as named and matched side by side."""
+    present = [m for m in methods if "myops_per_case" in aggregates.get(m, {})]
+    if not present:
+        return []
+    cols = [
+        (f"{flavour} {head}", flavour, name)
+        for flavour in ("named", "matched")
+        for head, name in (("scar", "scar"), ("scar+edema", SCAR_EDEMA_NAME))
+    ]
+    cols.append(("named LV myo", "named", LV_MYOCARDIUM_NAME))
+    lines = [
+        "MyoPS 2020 scores: Dice per case (whole volume), mean ± std over cases; "
+        "named = labels as the method named them, matched = after per-slice matching",
+        f"{'method':<{w}}{'n':>5}  " + "".join(f"{h:>20}" for h, _, _ in cols),
+    ]
+    excluded = []
+    for m in present:
+        b = aggregates[m]["myops_per_case"]
+        n = aggregates[m]["volume"]["n_units"]
+        lines.append(f"{m:<{w}}{n:>5}  " + "".join(f"{_pm(b[f][k]):>20}" for _, f, k in cols))
+        ex = {h: b[f][k]["excluded"] for h, f, k in cols if b[f][k]["excluded"]}
+        if ex:
+            excluded.append(f"{m}: " + ", ".join(f"{h} {c}" for h, c in ex.items()))
+    if excluded:
+        lines.append("  excluded (no scar / edema in prediction nor GT): " + "; ".join(excluded))
+    return [*lines, ""]
+
+
+def _agreement_lines(aggregates: Mapping[str, Any], methods: Sequence[str], w: int) -> list[str]:
+    """Burden MAE, bias and 95 % limits of agreement per case and per slice, named and matched."""
+    lines = [
+        "Burden agreement with ground truth, points of % LV myocardium: MAE, bias = mean(pred - GT), "
+        "95 % limits of agreement = bias ± 1.96 SD",
+        f"{'method':<{w}}{'labels':>8}{'level':>7}{'n':>5}"
+        + "".join(
+            f"{h:>{cw}}"
+            for q in ("scar", "edema")
+            for h, cw in ((f"{q} MAE", 11), ("bias", 8), ("LoA", 18))
+        ),
+    ]
+    found = False
+    for m in methods:
+        agr = aggregates.get(m, {}).get("burden_agreement") or {}
+        for flavour in ("named", "matched"):
+            for level in ("case", "slice"):
+                stats = agr.get(level, {}).get(flavour)
+                if not stats:
+                    continue
+                found = True
+                cells = ""
+                for q in ("scar_pct", "edema_pct"):
+                    e = stats.get(q) or {}
+                    loa = (
+                        "-"
+                        if e.get("loa_low") is None
+                        else f"[{e['loa_low']:+.1f}, {e['loa_high']:+.1f}]"
+                    )
+                    bias = "-" if e.get("bias") is None else f"{e['bias']:+.1f}"
+                    cells += f"{_num(e.get('mae')):>11}{bias:>8}{loa:>18}"
+                n = (stats.get("scar_pct") or {}).get("n", 0)
+                lines.append(f"{m:<{w}}{flavour:>8}{level:>7}{n:>5}{cells}")
+    return [*lines, ""] if found else []
 
 
 def format_table(aggregates: Mapping[str, Any], methods: Sequence[str]) -> str:
@@ -883,6 +982,8 @@ def format_table(aggregates: Mapping[str, Any], methods: Sequence[str]) -> str:
             ]
         lines.append(f"{m:<{w}}" + "".join(f"{c:>12}" for c in cells))
     lines.append("")
+    lines += _myops_lines(aggregates, methods, w)
+    lines += _agreement_lines(aggregates, methods, w)
     lines.append("Runtime")
     lines.append(f"{'method':<{w}}{'segmented':>10}{'reused':>8}{'failed':>8}{'s/case':>16}")
     for m in methods:

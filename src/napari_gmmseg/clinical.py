@@ -30,7 +30,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from napari_gmmseg.errors import ModelError, RoiError
-from napari_gmmseg.labels import BLOOD, EDEMA, MYOCARDIUM, SCAR
+from napari_gmmseg.labels import BLOOD, DEFAULT_CHANNELS, EDEMA, MYOCARDIUM, SCAR
 
 __all__ = [
     "REMOTE_METHODS",
@@ -229,7 +229,7 @@ def _find(channels: Sequence[str], names: Sequence[str]) -> int | None:
 def clinical_labels(
     images: np.ndarray,
     labels: np.ndarray,
-    channels: Sequence[str] = ("bSSFP", "LGE", "T2"),
+    channels: Sequence[str] = DEFAULT_CHANNELS,
     *,
     scar_rule: str = "nsd",
     n_sd: float = 5.0,

@@ -23,6 +23,8 @@ import math
 
 import torch
 
+from napari_gmmseg.methods import COVARIANCE_TYPES
+
 __all__ = [
     "COVARIANCE_TYPES",
     "e_step",
@@ -32,8 +34,6 @@ __all__ = [
     "precision_cholesky",
 ]
 
-#: Supported covariance structures.
-COVARIANCE_TYPES: tuple[str, ...] = ("diag", "full")
 
 _LOG_2PI = math.log(2.0 * math.pi)
 

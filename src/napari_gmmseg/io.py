@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from napari_gmmseg.errors import CaseLoadError, GeometryError, OutputExistsError, OutputPathError
-from napari_gmmseg.labels import LV_ROI_VALUES, MYOPS_VALUES
+from napari_gmmseg.labels import DEFAULT_CHANNELS, LV_ROI_VALUES, MYOPS_VALUES
 
 __all__ = [
     "DEFAULT_CHANNELS",
@@ -51,6 +51,8 @@ __all__ = [
     "Geometry",
     "check_output",
     "discover_cases",
+    "file_role",
+    "is_image_path",
     "load_case",
     "load_case_from_paths",
     "read_labels",
@@ -59,8 +61,6 @@ __all__ = [
     "save_volume",
 ]
 
-#: Default sequence names, in the canonical channel order.
-DEFAULT_CHANNELS: tuple[str, ...] = ("bSSFP", "LGE", "T2")
 
 #: File name endings recognised as images (a folder is read as a DICOM series).
 IMAGE_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
@@ -342,8 +342,13 @@ def _stem(path: Path) -> str:
     return path.name[: -len(s)] if s else path.name
 
 
-def _is_image_path(path: Path) -> bool:
+def is_image_path(path: str | os.PathLike) -> bool:
+    """True for an existing file whose name ends in one of :data:`IMAGE_SUFFIXES`."""
+    path = Path(path)
     return path.is_file() and bool(_suffix(path))
+
+
+_is_image_path = is_image_path  # the name this module used before it was public
 
 
 def _squeeze_to_3d(arr: np.ndarray, path: Path, frame: int | None, layout: str) -> np.ndarray:
@@ -635,8 +640,13 @@ def _is_series_folder(path: Path) -> bool:
     return bool(entries) and all(p.is_file() and not _suffix(p) for p in entries)
 
 
-def _role(path: Path) -> tuple[str, str] | None:
-    """``(role, key)`` of an image path: role is a sequence name or "mask"; key the case prefix."""
+def file_role(path: str | os.PathLike) -> tuple[str, str] | None:
+    """``(role, key)`` of an image path: role is a sequence name or "mask"; key the case prefix.
+
+    None for a path that is no image file or DICOM series folder, or whose name carries
+    no sequence or mask tag.
+    """
+    path = Path(path)
     if path.is_dir():
         if not _is_series_folder(path):
             return None
@@ -665,6 +675,9 @@ def _role(path: Path) -> tuple[str, str] | None:
     role, i = found
     key = "".join(parts[: 2 * i]).rstrip("_-. ")
     return role, key
+
+
+_role = file_role  # the name this module used before it was public
 
 
 def _case_id_from_key(key: str) -> str:

@@ -47,3 +47,13 @@ NAME_BY_VALUE: dict[int, str] = {t.value: t.name for t in ALL_TISSUES}
 COLOR_BY_VALUE: dict[int, tuple[float, float, float, float]] = {
     t.value: t.color for t in ALL_TISSUES
 }
+
+#: The sequences of a case, in channel order (bSSFP = MyoPS ``C0``, LGE = ``DE``, T2).
+DEFAULT_CHANNELS: tuple[str, ...] = ("bSSFP", "LGE", "T2")
+
+
+def default_channel_names(n_channels: int) -> tuple[str, ...]:
+    """Channel names when none are given: :data:`DEFAULT_CHANNELS` for 3, else ``ch0, ch1...``."""
+    if n_channels == len(DEFAULT_CHANNELS):
+        return DEFAULT_CHANNELS
+    return tuple(f"ch{i}" for i in range(n_channels))

@@ -42,10 +42,21 @@ from napari_gmmseg.labels import CLASS_NAMES, CLASS_VALUES
 LV_MYOCARDIUM_VALUES: tuple[int, ...] = (200, 1220, 2221)
 #: Name of the LV myocardium composite in tables.
 LV_MYOCARDIUM_NAME = "LV myocardium"
-#: The four tissue classes plus the LV myocardium composite, as (name, values).
+#: MyoPS values of the lesion, scar ∪ edema (the MyoPS 2020 challenge's second score).
+SCAR_EDEMA_VALUES: tuple[int, ...] = (1220, 2221)
+#: Name of the scar ∪ edema composite in tables and ``metrics.csv``.
+SCAR_EDEMA_NAME = "scar+edema"
+#: The four tissue classes plus the LV myocardium and scar ∪ edema composites, as (name, values).
 EVAL_GROUPS: tuple[tuple[str, tuple[int, ...]], ...] = (
     *((name, (value,)) for name, value in zip(CLASS_NAMES, CLASS_VALUES, strict=True)),
     (LV_MYOCARDIUM_NAME, LV_MYOCARDIUM_VALUES),
+    (SCAR_EDEMA_NAME, SCAR_EDEMA_VALUES),
+)
+#: Keys of :func:`myops_scores` and the label values each one scores.
+MYOPS_SCORES: tuple[tuple[str, tuple[int, ...]], ...] = (
+    ("scar_dice", (2221,)),
+    ("scar_edema_dice", SCAR_EDEMA_VALUES),
+    ("lv_myocardium_dice", LV_MYOCARDIUM_VALUES),
 )
 
 Group = int | Sequence[int]
@@ -176,6 +187,43 @@ def dice(
     cm = confusion_matrix(pred, gt, values, values, per_slice=per_slice)
     counts = group_counts(cm, values, groups)
     return _dice_from_counts(counts[..., 0], counts[..., 1], counts[..., 2], empty)
+
+
+def myops_scores(
+    pred: np.ndarray,
+    gt: np.ndarray,
+    *,
+    roi: np.ndarray | None = None,
+    empty: float = np.nan,
+) -> dict[str, float]:
+    """The MyoPS 2020 challenge's per-case scores of one label map.
+
+    The challenge ranks methods by the Dice of **scar** (2221) and of **scar ∪
+    edema** (1220 ∪ 2221), each computed over the whole case (not averaged over
+    slices). The LV myocardium Dice (200 ∪ 1220 ∪ 2221) is added for context.
+    Scores are of the labels exactly as given: pass the map relabelled by
+    :func:`match_slices` to score it "after matching".
+
+    Parameters
+    ----------
+    pred, gt : numpy.ndarray
+        ``(Z, Y, X)`` MyoPS label maps of the same shape.
+    roi : numpy.ndarray of bool, optional
+        ``(Z, Y, X)``; predictions outside it are background (ground truth is taken whole).
+    empty : float
+        Dice when a region is absent from both maps (NaN: undefined, excluded
+        from means; see the module notes).
+
+    Returns
+    -------
+    dict of str to float
+        ``scar_dice``, ``scar_edema_dice``, ``lv_myocardium_dice`` (:data:`MYOPS_SCORES`).
+    """
+    pred = np.asarray(pred)
+    if roi is not None:
+        pred = np.where(np.asarray(roi, dtype=bool), pred, 0)
+    d = dice(pred, gt, [values for _, values in MYOPS_SCORES], empty=empty)
+    return {key: float(v) for (key, _), v in zip(MYOPS_SCORES, d, strict=True)}
 
 
 # --------------------------------------------------------------------------- matching
@@ -420,6 +468,8 @@ BURDEN_KEYS: tuple[str, ...] = (
     "myocardium_ml",
     "edema_pct",
     "scar_pct",
+    "scar_edema_ml",
+    "scar_edema_pct",
 )
 
 
@@ -442,8 +492,9 @@ def burden(
     dict
         ``blood_ml``, ``healthy_ml`` (200), ``edema_ml`` (1220), ``scar_ml`` (2221),
         ``myocardium_ml`` (LV myocardium = 200 + 1220 + 2221), ``edema_pct`` and
-        ``scar_pct`` (100 · volume / LV myocardium volume; NaN without myocardium).
-        Floats, or ``(Z,)`` arrays with ``per_slice``.
+        ``scar_pct`` (100 · volume / LV myocardium volume; NaN without myocardium),
+        ``scar_edema_ml`` and ``scar_edema_pct`` (their sum, the lesion).
+        Floats, or ``(Z,)`` arrays with ``per_slice`` (:data:`BURDEN_KEYS`).
     """
     labels = np.asarray(labels)
     values = (500, 200, 1220, 2221)
@@ -467,6 +518,8 @@ def burden(
         "myocardium_ml": myo,
         "edema_pct": edema_pct,
         "scar_pct": scar_pct,
+        "scar_edema_ml": ml[..., 2] + ml[..., 3],
+        "scar_edema_pct": edema_pct + scar_pct,
     }
     if not per_slice:
         out = {k: float(v) for k, v in out.items()}
@@ -481,8 +534,9 @@ _GROUP_ML = {
     "edema": "edema_ml",
     "scar": "scar_ml",
     LV_MYOCARDIUM_NAME: "myocardium_ml",
+    SCAR_EDEMA_NAME: "scar_edema_ml",
 }
-_GROUP_PCT = {"edema": "edema_pct", "scar": "scar_pct"}
+_GROUP_PCT = {"edema": "edema_pct", "scar": "scar_pct", SCAR_EDEMA_NAME: "scar_edema_pct"}
 
 
 def evaluate_labels(
@@ -501,7 +555,10 @@ def evaluate_labels(
     ground truth used) and after optimal per-slice matching of its four class
     values to the ground-truth classes (``dice``, the paper's protocol). Per-volume
     rows use the slice-wise matched map. Volumes and burden are those of the
-    prediction as named, side by side with the ground truth.
+    prediction as named (``pred_ml``, ``pred_pct``) and of the matched map
+    (``pred_ml_matched``, ``pred_pct_matched``), side by side with the ground
+    truth. The volume rows of ``scar`` and ``scar+edema`` hold the MyoPS 2020
+    per-case scores (:func:`myops_scores` of the named and the matched map).
 
     Parameters
     ----------
@@ -524,7 +581,8 @@ def evaluate_labels(
         One row per (slice or volume, class) with keys ``level`` ("slice" or
         "volume"), ``slice`` (z index, -1 for volume), ``class``, ``dice``,
         ``dice_named``, ``hd95_mm`` (NaN unless asked), ``pred_ml``, ``gt_ml``,
-        ``pred_pct``, ``gt_pct`` (edema and scar only), ``gt_present``,
+        ``pred_pct``, ``gt_pct`` (edema, scar and scar+edema only; NaN otherwise),
+        ``pred_ml_matched``, ``pred_pct_matched``, ``gt_present``,
         ``pred_present``, ``all_classes`` (the ground truth holds all four classes
         there, the paper's slice selection). Slices where both maps are empty are
         left out.
@@ -548,6 +606,7 @@ def evaluate_labels(
         d_match = _dice_from_counts(c_match[..., 0], c_match[..., 1], c_match[..., 2], empty)
         b_pred = burden(pred, spacing_mm, per_slice=per_slice)
         b_gt = burden(gt, spacing_mm, per_slice=per_slice)
+        b_match = burden(matched, spacing_mm, per_slice=per_slice)
         h = (
             hd95(matched, gt, groups, spacing_mm, per_slice=per_slice)
             if with_hd95
@@ -564,6 +623,7 @@ def evaluate_labels(
             pred_present = (c_named[..., 1] > 0)[None]
             b_pred = {k: np.asarray([v]) for k, v in b_pred.items()}
             b_gt = {k: np.asarray([v]) for k, v in b_gt.items()}
+            b_match = {k: np.asarray([v]) for k, v in b_match.items()}
             index = [(-1, 0)]
         for z, i in index:
             all_classes = bool(gt_present[i, :4].all())
@@ -581,6 +641,8 @@ def evaluate_labels(
                         "gt_ml": float(b_gt[_GROUP_ML[name]][i]),
                         "pred_pct": float(b_pred[pct_key][i]) if pct_key else np.nan,
                         "gt_pct": float(b_gt[pct_key][i]) if pct_key else np.nan,
+                        "pred_ml_matched": float(b_match[_GROUP_ML[name]][i]),
+                        "pred_pct_matched": float(b_match[pct_key][i]) if pct_key else np.nan,
                         "gt_present": bool(gt_present[i, j]),
                         "pred_present": bool(pred_present[i, j]),
                         "all_classes": all_classes,

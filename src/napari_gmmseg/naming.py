@@ -49,7 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_gmmseg.errors import ModelError
-from napari_gmmseg.labels import CLASS_NAMES
+from napari_gmmseg.labels import CLASS_NAMES, DEFAULT_CHANNELS
 
 __all__ = [
     "CHANNEL_ALIASES",
@@ -185,7 +185,7 @@ class PriorTable:
 
 #: The default prior table (see the module docstring for its derivation).
 DEFAULT_PRIOR = PriorTable(
-    channels=("bSSFP", "LGE", "T2"),
+    channels=DEFAULT_CHANNELS,
     classes=CLASS_NAMES,
     means=np.array(
         [

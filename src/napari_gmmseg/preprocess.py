@@ -28,7 +28,14 @@ import numpy as np
 
 from napari_gmmseg.errors import CaseLoadError, ModelError, RoiError
 
-__all__ = ["CLIP_PERCENTILES", "EXTREME_FACTOR", "NORMALIZATIONS", "SliceBatch", "resolve_device"]
+__all__ = [
+    "CLIP_PERCENTILES",
+    "EXTREME_FACTOR",
+    "NORMALIZATIONS",
+    "SliceBatch",
+    "check_volume",
+    "resolve_device",
+]
 
 #: Normalisation choices: z-score over the ROI (the paper), over the crop, or none.
 NORMALIZATIONS: tuple[str, ...] = ("roi", "crop", "none")
@@ -60,6 +67,66 @@ def resolve_device(device: Any = "auto") -> Any:
 
 def _round_up(n: int, multiple: int) -> int:
     return int(-(-n // multiple) * multiple) if multiple > 1 else int(n)
+
+
+def check_volume(
+    images: Any, roi: Any = None, channels: Any = None
+) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    """Validate a volume, its ROI and channel names: the one place they are checked.
+
+    Parameters
+    ----------
+    images : array-like
+        ``(Z, Y, X, C)`` or ``(Z, Y, X)`` real intensities.
+    roi : array-like or None
+        ``(Z, Y, X)`` region of interest (cast to bool); None: whole slices.
+    channels : sequence of str, optional
+        One name per channel (default :func:`napari_gmmseg.labels.default_channel_names`).
+
+    Returns
+    -------
+    images : numpy.ndarray
+        ``(Z, Y, X, C)``.
+    roi : numpy.ndarray
+        ``(Z, Y, X)`` bool, not empty.
+    channels : tuple of str
+
+    Raises
+    ------
+    CaseLoadError
+        Wrong dimensionality, non-real or empty images, NaN/Inf inside the ROI.
+    ModelError
+        As many channel names as channels are needed.
+    RoiError
+        ROI of another shape, or empty.
+    """
+    from napari_gmmseg.errors import ModelError
+    from napari_gmmseg.labels import default_channel_names
+
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4:
+        raise CaseLoadError(f"images must be (Z, Y, X) or (Z, Y, X, C), got shape {images.shape}")
+    if not np.issubdtype(images.dtype, np.number) or np.issubdtype(
+        images.dtype, np.complexfloating
+    ):
+        raise CaseLoadError(f"images must be real numbers, got dtype {images.dtype}")
+    if images.shape[-1] < 1 or min(images.shape[:3]) < 1:
+        raise CaseLoadError(f"images are empty: shape {images.shape}")
+    zyx, n_ch = images.shape[:3], images.shape[-1]
+    channels = default_channel_names(n_ch) if channels is None else tuple(map(str, channels))
+    if len(channels) != n_ch:
+        raise ModelError(f"{len(channels)} channel names {channels} for {n_ch} image channels")
+    roi = np.ones(zyx, dtype=bool) if roi is None else np.asarray(roi)
+    if roi.shape != zyx:
+        raise RoiError(f"ROI shape {roi.shape} differs from the image grid {zyx}")
+    roi = roi.astype(bool, copy=False)
+    if not roi.any():
+        raise RoiError("the region of interest is empty")
+    if not np.all(np.isfinite(images[roi])):
+        raise CaseLoadError("images contain NaN or Inf inside the region of interest")
+    return images, roi, channels
 
 
 @dataclass
@@ -144,6 +211,7 @@ class SliceBatch:
         crop_size: int | tuple[int, int] | None = None,
         clip_percentiles: tuple[float, float] | None = CLIP_PERCENTILES,
         device: Any = "auto",
+        validate: bool = True,
     ) -> SliceBatch:
         """Pack the ROI pixels of every non-empty slice of a volume.
 
@@ -174,6 +242,9 @@ class SliceBatch:
             and statistics.
         device : str or torch.device, default "auto"
             Where the tensors live.
+        validate : bool, default True
+            Check the inputs with :func:`check_volume`; False when the caller
+            (:func:`~napari_gmmseg.segment.segment`) already did.
 
         Raises
         ------
@@ -186,32 +257,17 @@ class SliceBatch:
         """
         import torch
 
-        images = np.asarray(images)
-        if images.ndim == 3:
-            images = images[..., None]
-        if images.ndim != 4:
-            raise CaseLoadError(f"images must be (Z, Y, X, C), got shape {images.shape}")
         if normalize not in NORMALIZATIONS:
             raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+        if validate:
+            images, roi, channels = check_volume(images, roi, channels)
+        else:
+            images, roi, channels = np.asarray(images), np.asarray(roi, dtype=bool), tuple(channels)
         z_dim, y_dim, x_dim, n_ch = images.shape
-        if channels is None:
-            channels = tuple(f"ch{i}" for i in range(n_ch))
-        channels = tuple(channels)
-        if len(channels) != n_ch:
-            raise CaseLoadError(f"{len(channels)} channel names for {n_ch} channels")
-        if roi is None:
-            roi = np.ones((z_dim, y_dim, x_dim), dtype=bool)
-        roi = np.asarray(roi).astype(bool, copy=False)
-        if roi.shape != (z_dim, y_dim, x_dim):
-            raise RoiError(
-                f"ROI shape {roi.shape} differs from image shape {(z_dim, y_dim, x_dim)}"
-            )
         zz, yy, xx = np.nonzero(roi)  # raster order: by z, then y, then x
         if zz.size == 0:
             raise RoiError("the region of interest is empty")
         raw = images[zz, yy, xx, :].astype(np.float64)  # (P, C)
-        if not np.all(np.isfinite(raw)):
-            raise CaseLoadError("images contain NaN or Inf inside the region of interest")
         raw, clipped, bounds, n_clipped, n_extreme = _clip_channels(raw, clip_percentiles)
 
         crop_slices, first = np.unique(zz, return_index=True)

@@ -18,9 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from napari_gmmseg.errors import CaseLoadError, ExtremeIntensityError, ModelError, RoiError
+from napari_gmmseg._json import jsonable
+from napari_gmmseg.errors import ExtremeIntensityError, ModelError, RoiError
 from napari_gmmseg.fit import Fit, Progress
 from napari_gmmseg.labels import CLASS_VALUES, CLASSES, LV_ROI_VALUES
+from napari_gmmseg.methods import COVARIANCE_TYPES, MethodSpec, check_choice, get_method
+from napari_gmmseg.methods import METHODS as _REGISTRY
 
 __all__ = [
     "DEEP_METHODS",
@@ -32,64 +35,21 @@ __all__ = [
     "segment_case",
 ]
 
-#: Every method name :func:`segment` accepts.
-METHODS: tuple[str, ...] = ("gmm", "svgmm", "deepg", "deepsvg", "deepsvg-mu")
-#: Methods fitted by EM in :mod:`napari_gmmseg.mixture`.
-EM_METHODS: tuple[str, ...] = ("gmm", "svgmm")
-#: Methods dispatched to :func:`napari_gmmseg.deep.fit_deep`.
-DEEP_METHODS: tuple[str, ...] = ("deepg", "deepsvg", "deepsvg-mu")
-
-_DEFAULT_CHANNELS = ("bSSFP", "LGE", "T2")
-
 #: What :func:`segment` does with extreme ROI intensities (1e30, int16 32767 in a
-#: 0-1000 image; see :data:`napari_gmmseg.preprocess.EXTREME_FACTOR`): refuse the input
+#: 0-3000 image; see :data:`napari_gmmseg.preprocess.EXTREME_FACTOR`): refuse the input
 #: (default; EM from k-means++ is sensitive enough that even 50 moved voxels change many
 #: labels) or clip them to the percentiles and warn.
 EXTREME_POLICIES: tuple[str, ...] = ("refuse", "clip")
 
+#: Every method name :func:`segment` accepts, in the registry's order
+#: (:data:`napari_gmmseg.methods.METHODS`).
+METHODS: tuple[str, ...] = tuple(_REGISTRY)
+#: Methods fitted by EM in :mod:`napari_gmmseg.mixture`.
+EM_METHODS: tuple[str, ...] = tuple(n for n, s in _REGISTRY.items() if s.family == "em")
+#: Methods dispatched to :func:`napari_gmmseg.deep.fit_deep`.
+DEEP_METHODS: tuple[str, ...] = tuple(n for n, s in _REGISTRY.items() if s.family == "deep")
 #: Extra keyword options :func:`segment` passes to the EM methods.
-EM_OPTIONS: tuple[str, ...] = (
-    "reg_covar",
-    "reg_covar_relative",
-    "reg_mode",
-    "spatial",
-    "beta",
-    "dtype",
-    "check_every",
-    "chunk_pixels",
-    "num_threads",
-    "init_params",
-    "n_init",
-)
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (np.generic,)):
-        return value.item()
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    return str(value)
-
-
-def _validate_images(images: Any) -> np.ndarray:
-    images = np.asarray(images)
-    if images.ndim == 3:
-        images = images[..., None]
-    if images.ndim != 4:
-        raise CaseLoadError(f"images must be (Z, Y, X) or (Z, Y, X, C), got shape {images.shape}")
-    if not np.issubdtype(images.dtype, np.number) or np.issubdtype(
-        images.dtype, np.complexfloating
-    ):
-        raise CaseLoadError(f"images must be real numbers, got dtype {images.dtype}")
-    if images.shape[-1] < 1 or min(images.shape[:3]) < 1:
-        raise CaseLoadError(f"images are empty: shape {images.shape}")
-    return images
+EM_OPTIONS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(_REGISTRY["gmm"].options))
 
 
 def _name_components(
@@ -295,8 +255,8 @@ def segment(
         ``normalize`` (``"roi"``, ``"crop"``, ``"none"``), ``clip_percentiles`` (default
         :data:`napari_gmmseg.preprocess.CLIP_PERCENTILES`, None: no robust clip; the
         count of clipped voxels is in ``params["clip"]``), ``extreme`` (one of
-        :data:`EXTREME_POLICIES`, default ``"refuse"``)
-        and ``return_probabilities`` (default True); deep options (``max_epochs``, ``lr``, ``weights``...) for the
+        :data:`EXTREME_POLICIES`, default ``"refuse"``) and ``return_probabilities``
+        (default True); deep options (``max_epochs``, ``lr``, ``weights``...) for the
         deep methods.
 
     Returns
@@ -308,8 +268,9 @@ def segment(
     Raises
     ------
     CaseLoadError
-        Images with NaN/Inf or of the wrong shape; :class:`~napari_gmmseg.errors.ExtremeIntensityError`
-        for extreme ROI intensities unless ``extreme="clip"``.
+        Images with NaN/Inf or of the wrong shape;
+        :class:`~napari_gmmseg.errors.ExtremeIntensityError` for extreme ROI intensities
+        unless ``extreme="clip"``.
     RoiError
         ROI of the wrong shape, empty, or with fewer pixels than ``n_classes``.
     ModelError
@@ -317,65 +278,116 @@ def segment(
         not fit the prior table, unavailable device.
     """
     t0 = time.perf_counter()
-    import torch
+    spec = get_method(method)
+    req = _check_request(
+        spec,
+        images,
+        roi,
+        channels,
+        n_classes,
+        covariance_type,
+        init,
+        tol,
+        max_iter,
+        per_slice,
+        prior,
+        presence,
+        device,
+        method_options,
+    )
+    if spec.family == "pipeline":
+        fit = spec.load_fit()(
+            req.images,
+            req.roi,
+            channels=req.channels,
+            options=req.options,
+            seed=seed,
+            device=req.device,
+            prior=req.table,
+            progress=progress,
+            should_stop=should_stop,
+        )
+    else:
+        fit = _fit_and_name(spec, req, init, tol, max_iter, seed, progress, should_stop, t0)
+    if req.rule is not None:
+        from napari_gmmseg.presence import apply_presence
 
-    from napari_gmmseg import __version__
-    from napari_gmmseg.gaussian import COVARIANCE_TYPES
+        fit = apply_presence(fit, req.rule, channels=req.channels, images=req.images)
+    fit.seconds = time.perf_counter() - t0
+    return fit
+
+
+@dataclasses.dataclass
+class _Request:
+    """A :func:`segment` call after validation: everything checked once, here."""
+
+    images: np.ndarray  # (Z, Y, X, C)
+    roi: np.ndarray  # (Z, Y, X) bool, slices with fewer than K pixels removed
+    channels: tuple[str, ...]
+    k: int
+    covariance_type: str
+    per_slice: bool
+    normalize: str
+    return_probabilities: bool
+    rule: Any
+    table: Any
+    prior_means: np.ndarray | None
+    device: Any
+    options: Any  # the method's options dataclass
+    given_options: dict[str, Any]
+    skipped: list[int]
+    clip_percentiles: tuple[float, float] | None = None
+    extreme: str = "refuse"
+
+
+def _check_request(
+    spec: MethodSpec,
+    images: Any,
+    roi: Any,
+    channels: Sequence[str] | None,
+    n_classes: int,
+    covariance_type: str,
+    init: str,
+    tol: float,
+    max_iter: int,
+    per_slice: bool,
+    prior: Any,
+    presence: Any,
+    device: Any,
+    method_options: dict[str, Any],
+) -> _Request:
+    """Validate every argument of :func:`segment` before any long work (the one place)."""
     from napari_gmmseg.mixture import INITS
-    from napari_gmmseg.naming import load_prior
+    from napari_gmmseg.naming import check_n_components, load_prior
     from napari_gmmseg.preprocess import (
         CLIP_PERCENTILES,
         NORMALIZATIONS,
-        SliceBatch,
+        check_volume,
         resolve_device,
     )
+    from napari_gmmseg.presence import resolve_rule
 
-    # ---------------------------------------------------------------- validation
-    method = str(method).lower()
-    if method not in METHODS:
-        raise ModelError(f"unknown method {method!r}; choose one of {METHODS}")
     k = int(n_classes)
     if k < 1:
         raise ModelError(f"n_classes must be >= 1, got {n_classes}")
-    if covariance_type not in COVARIANCE_TYPES:
-        raise ModelError(
-            f"covariance_type must be one of {COVARIANCE_TYPES}, got {covariance_type!r}"
-        )
-    if method in EM_METHODS and init not in INITS:
-        raise ModelError(f"unknown init {init!r}; choose one of {INITS}")
-    normalize = method_options.pop("normalize", "roi")
-    if normalize not in NORMALIZATIONS:
-        raise ModelError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
-    return_probabilities = bool(method_options.pop("return_probabilities", True))
-    clip_percentiles = method_options.pop("clip_percentiles", CLIP_PERCENTILES)
-    extreme_policy = method_options.pop("extreme", "refuse")
-    if extreme_policy not in EXTREME_POLICIES:
-        raise ModelError(f"extreme must be one of {EXTREME_POLICIES}, got {extreme_policy!r}")
-    from napari_gmmseg.presence import resolve_rule
-
+    check_choice("covariance_type", covariance_type, COVARIANCE_TYPES)
+    if spec.family == "em":
+        check_choice("init", init, INITS)
+    if tol < 0:
+        raise ModelError(f"tol must be >= 0, got {tol}")
+    if max_iter < 1:
+        raise ModelError(f"max_iter must be >= 1, got {max_iter}")
+    given = dict(method_options)
+    normalize = check_choice("normalize", given.pop("normalize", "roi"), NORMALIZATIONS)
+    return_probabilities = bool(given.pop("return_probabilities", True))
+    clip_percentiles = given.pop("clip_percentiles", CLIP_PERCENTILES)
+    extreme = check_choice("extreme", given.pop("extreme", "refuse"), EXTREME_POLICIES)
+    options = spec.make_options(given)
     rule = resolve_rule(presence)
-    images = _validate_images(images)
-    z_dim, y_dim, x_dim, n_ch = images.shape
-    if channels is None:
-        channels = _DEFAULT_CHANNELS if n_ch == 3 else tuple(f"ch{i}" for i in range(n_ch))
-    channels = tuple(str(c) for c in channels)
-    if len(channels) != n_ch:
-        raise ModelError(f"{len(channels)} channel names {channels} for {n_ch} image channels")
-    if roi is None:
-        roi_mask = np.ones((z_dim, y_dim, x_dim), dtype=bool)
-    else:
-        roi_mask = np.asarray(roi)
-        if roi_mask.shape != (z_dim, y_dim, x_dim):
-            raise RoiError(
-                f"ROI shape {roi_mask.shape} differs from the image grid {(z_dim, y_dim, x_dim)}"
-            )
-        roi_mask = roi_mask.astype(bool, copy=False)
-    if not np.all(np.isfinite(images[roi_mask])):
-        raise CaseLoadError("images contain NaN or Inf inside the region of interest")
+    images, roi_mask, channels = check_volume(images, roi, channels)
+    z_dim = images.shape[0]
     counts = roi_mask.reshape(z_dim, -1).sum(1)
     total = int(counts.sum())
-    if total == 0:
-        raise RoiError("the region of interest is empty")
     if total < k:
         raise RoiError(f"the region of interest has {total} pixels, fewer than the {k} classes")
     skipped: list[int] = []
@@ -386,42 +398,119 @@ def segment(
             roi_mask = roi_mask.copy()
             roi_mask[small] = False
     table = load_prior(prior)
-    from napari_gmmseg.naming import check_n_components
-
     note = check_n_components(k, len(table.classes))
     if note is not None:
         import warnings
 
-        warnings.warn(note, UserWarning, stacklevel=2)
+        warnings.warn(note, UserWarning, stacklevel=3)
     prior_means = None
     try:
         prior_means = table.for_channels(channels)
     except ModelError:
-        if init == "prior" or method == "deepsvg-mu":
+        if init == "prior" or spec.prior_means_as_mu_data:
             raise
-    if init == "prior" and method in EM_METHODS and prior_means.shape[0] != k:
+    if init == "prior" and spec.family == "em" and prior_means.shape[0] != k:
         raise ModelError(
             f"init='prior' needs n_classes={prior_means.shape[0]} (rows of the prior table), got {k}"
         )
     try:
+        import torch
+
         dev = resolve_device(device)
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ModelError("device 'cuda' requested but CUDA is not available")
     except (RuntimeError, ValueError) as exc:
         raise ModelError(f"invalid device {device!r}: {exc}") from exc
-
-    # ---------------------------------------------------------------- fit
-    batch = SliceBatch.from_volume(
+    return _Request(
         images,
         roi_mask,
+        channels,
+        k,
+        covariance_type,
+        bool(per_slice),
+        normalize,
+        return_probabilities,
+        rule,
+        table,
+        prior_means,
+        dev,
+        options,
+        given,
+        skipped,
+        clip_percentiles,
+        extreme,
+    )
+
+
+def _run_method(
+    spec: MethodSpec,
+    req: _Request,
+    batch: Any,
+    init: str,
+    tol: float,
+    max_iter: int,
+    seed: int,
+    progress: Callable[[Progress], Any] | None,
+    should_stop: Callable[[], bool] | None,
+) -> Any:
+    """Call the method's fit function on the batch, as its family prescribes."""
+    fit_fn = spec.load_fit()
+    kwargs = req.options.fit_kwargs()
+    common = {"covariance_type": req.covariance_type, "seed": seed, "tol": tol}
+    common.update(progress=progress, should_stop=should_stop)
+    if spec.family == "em":
+        return fit_fn(
+            batch,
+            n_components=req.k,
+            init=init,
+            max_iter=max_iter,
+            prior_means=req.prior_means if init == "prior" else None,
+            **common,
+            **kwargs,
+        )
+    if spec.prior_means_as_mu_data and kwargs.get("mu_data") is None:
+        kwargs["mu_data"] = req.prior_means
+    return fit_fn(
+        batch,
+        method=spec.name,
+        n_classes=req.k,
+        device=req.device,
+        channels=req.channels,
+        **common,
+        **kwargs,
+    )
+
+
+def _fit_and_name(
+    spec: MethodSpec,
+    req: _Request,
+    init: str,
+    tol: float,
+    max_iter: int,
+    seed: int,
+    progress: Callable[[Progress], Any] | None,
+    should_stop: Callable[[], bool] | None,
+    t0: float,
+) -> Fit:
+    """Pack the batch, fit an ``em``/``deep`` method, name the components: the Fit."""
+    import torch
+
+    from napari_gmmseg import __version__
+    from napari_gmmseg.preprocess import SliceBatch
+
+    method, k, channels, table = spec.name, req.k, req.channels, req.table
+    batch = SliceBatch.from_volume(
+        req.images,
+        req.roi,
         channels=channels,
-        normalize=normalize,
-        per_slice=per_slice,
-        clip_percentiles=clip_percentiles,
-        device=dev,
+        normalize=req.normalize,
+        per_slice=req.per_slice,
+        clip_percentiles=req.clip_percentiles,
+        device=req.device,
+        validate=False,
     )
     extreme = batch.extreme_message()
-    if extreme is not None and extreme_policy == "refuse":
+    if extreme is not None and req.extreme == "refuse":
         names = tuple(c for c, n in zip(channels, batch.n_extreme, strict=True) if n)
         raise ExtremeIntensityError(
             f"{extreme}; refused (pass extreme='clip', CLI --extreme clip, to clip them and go on)",
@@ -430,59 +519,20 @@ def segment(
     if extreme is not None:
         import warnings
 
-        warnings.warn(extreme, UserWarning, stacklevel=2)
+        warnings.warn(extreme, UserWarning, stacklevel=3)
     if progress is not None:
+        known = req.prior_means is not None
         progress = _LiveLabels(
-            progress, batch, method, per_slice, channels, table, prior_means is not None, k, t0
+            progress, batch, method, req.per_slice, channels, table, known, k, t0
         )
-    if method in EM_METHODS:
-        from napari_gmmseg import mixture
-
-        fit_fn = mixture.fit_gmm if method == "gmm" else mixture.fit_svgmm
-        unknown = sorted(set(method_options) - set(EM_OPTIONS))
-        if unknown:
-            raise ModelError(
-                f"unknown option(s) {unknown} for method {method!r}; EM options are {EM_OPTIONS}"
-            )
-        res = fit_fn(
-            batch,
-            n_components=k,
-            covariance_type=covariance_type,
-            init=init,
-            tol=tol,
-            max_iter=max_iter,
-            seed=seed,
-            prior_means=prior_means if init == "prior" else None,
-            progress=progress,
-            should_stop=should_stop,
-            **method_options,
-        )
-    else:
-        from napari_gmmseg.deep import fit_deep
-
-        opts = dict(method_options)
-        opts.setdefault("tol", tol)  # the same stopping rule on the NLL change per epoch
-        if method == "deepsvg-mu" and "mu_data" not in opts and prior_means is not None:
-            opts["mu_data"] = prior_means
-        res = fit_deep(
-            batch,
-            method=method,
-            n_classes=k,
-            seed=seed,
-            device=dev,
-            covariance_type=covariance_type,
-            progress=progress,
-            should_stop=should_stop,
-            channels=channels,
-            **opts,
-        )
+    res = _run_method(spec, req, batch, init, tol, max_iter, seed, progress, should_stop)
 
     # ---------------------------------------------------------------- naming
     means = res.means.detach().to("cpu", torch.float64).numpy()
-    c2c = _name_components(means, channels, table, prior_means is not None, k)
+    c2c = _name_components(means, channels, table, req.prior_means is not None, k)
     finished = res.finished.detach().to("cpu").numpy().astype(bool)
     labels, components, probabilities = _build_labels(
-        batch, res.responsibilities.detach(), c2c, finished, return_probabilities
+        batch, res.responsibilities.detach(), c2c, finished, req.return_probabilities
     )
 
     # ---------------------------------------------------------------- per-slice arrays
@@ -491,36 +541,36 @@ def segment(
     hist = res.nll_history.detach().to("cpu", torch.float64).numpy()
     n_iter = res.n_iter.detach().to("cpu").numpy().astype(np.int64)
     converged = res.converged.detach().to("cpu").numpy().astype(bool)
-    slice_index, rep = _slice_rows(batch, per_slice)
+    slice_index, rep = _slice_rows(batch, req.per_slice)
     if rep is not None:
         # One mixture for the volume: every fitted slice shares its parameters.
         weights, means, covs, c2c, hist = (a[rep] for a in (weights, means, covs, c2c, hist))
         n_iter, converged, finished = n_iter[rep], converged[rep], finished[rep]
 
-    info = dict(getattr(res, "info", {}) or {})
+    given = req.given_options
     params = {
         "method": method,
         "n_classes": k,
-        "covariance_type": covariance_type,
-        "init": init if method in EM_METHODS else None,
+        "covariance_type": req.covariance_type,
+        "init": init if spec.family == "em" else None,
         "tol": tol,
         "max_iter": max_iter,
         "seed": seed,
-        "device": str(dev),
-        "per_slice": bool(per_slice),
-        "normalize": normalize,
+        "device": str(req.device),
+        "per_slice": req.per_slice,
+        "normalize": req.normalize,
         "clip": batch.clip_summary(),
         "channels": list(channels),
         "prior": table.to_dict(),
-        "method_options": _jsonable({k_: v for k_, v in method_options.items() if k_ != "weights"}),
-        "skipped_slices": skipped,
-        "engine": _jsonable(info),
+        "method_options": jsonable({k_: v for k_, v in given.items() if k_ != "weights"}),
+        "skipped_slices": req.skipped,
+        "engine": jsonable(dict(getattr(res, "info", {}) or {})),
         "version": __version__,
         "torch_version": torch.__version__,
     }
-    if "weights" in method_options:
-        params["method_options"]["weights"] = str(method_options["weights"])
-    fit = Fit(
+    if "weights" in given:
+        params["method_options"]["weights"] = str(given["weights"])
+    return Fit(
         method=method,
         labels=labels,
         components=components,
@@ -537,12 +587,6 @@ def segment(
         seconds=time.perf_counter() - t0,
         params=params,
     )
-    if rule is not None:
-        from napari_gmmseg.presence import apply_presence
-
-        fit = apply_presence(fit, rule, channels=channels, images=images)
-        fit.seconds = time.perf_counter() - t0
-    return fit
 
 
 def with_sources(exc: ExtremeIntensityError, sources: dict[str, Any]) -> ExtremeIntensityError:

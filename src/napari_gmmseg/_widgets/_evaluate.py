@@ -1,4 +1,6 @@
-"""Evaluate dock widget: Hungarian-matched Dice per class, scar and edema volumes, relabel to matched classes.
+"""Evaluate dock widget: Dice per class (matched and as named), the MyoPS 2020 per-case scores, burden.
+
+Also relabels a segmentation to its matched classes.
 
 All numbers come from :mod:`napari_gmmseg.metrics`.
 """
@@ -31,6 +33,7 @@ from napari_gmmseg._widgets._common import (
 )
 from napari_gmmseg.errors import GeometryError, RoiError
 from napari_gmmseg.labels import CLASS_VALUES
+from napari_gmmseg.metrics import SCAR_EDEMA_NAME
 
 if TYPE_CHECKING:
     import napari
@@ -54,7 +57,7 @@ class EvaluateWidget(QWidget):
 
     COLUMNS = ("class", "Dice", "named", "mL", "manual")
     TOOLTIPS = (
-        "tissue class (LV myocardium = myocardium + edema + scar)",
+        "tissue class (LV myocardium = myocardium + edema + scar; scar+edema = the lesion)",
         "Dice after the optimal per-slice (Hungarian) matching of classes to the mask",
         "Dice of the classes as named by the method (no matching)",
         "volume of the segmentation (mL)",
@@ -158,16 +161,28 @@ class EvaluateWidget(QWidget):
             for j, text in enumerate(cells):
                 self.table.setItem(i, j, QTableWidgetItem(text))
         fit_table_height(self.table)
-        by_class = {r["class"]: r for r in self.rows}
+        self.summary.setText(self._summary_text({r["class"]: r for r in self.rows}))
+
+    @staticmethod
+    def _summary_text(by_class: dict[str, dict]) -> str:
+        """MyoPS 2020 per-case scores and burden of the volume rows, as named and matched."""
         parts = []
+        scar, lesion = by_class.get("scar"), by_class.get(SCAR_EDEMA_NAME)
+        if scar is not None and lesion is not None:
+            parts.append(
+                f"MyoPS per case: scar Dice {_fmt(scar['dice_named'])} as named, "
+                f"{_fmt(scar['dice'])} matched · scar ∪ edema Dice "
+                f"{_fmt(lesion['dice_named'])} as named, {_fmt(lesion['dice'])} matched"
+            )
         for name in ("scar", "edema"):
             r = by_class.get(name)
             if r is not None:
                 parts.append(
                     f"{name}: {_fmt(r['pred_ml'], '.2f')} mL ({_fmt(r['pred_pct'], '.1f')} %) · "
+                    f"matched {_fmt(r['pred_pct_matched'], '.1f')} % · "
                     f"manual {_fmt(r['gt_ml'], '.2f')} mL ({_fmt(r['gt_pct'], '.1f')} %)"
                 )
-        self.summary.setText("\n".join(parts) + "\n(% of LV myocardium)")
+        return "\n".join(parts) + "\n(% of LV myocardium)"
 
     @report_errors
     def relabel(self) -> None:

@@ -19,6 +19,7 @@ from qtpy.QtWidgets import (
 
 from napari_gmmseg._widgets._common import dock_layout, report_errors, show_info
 from napari_gmmseg.errors import CaseLoadError
+from napari_gmmseg.io import IMAGE_SUFFIXES
 
 if TYPE_CHECKING:
     import napari
@@ -30,7 +31,7 @@ SEQUENCE_ROWS: tuple[tuple[str, str], ...] = (
     ("T2", "T2"),
     ("mask", "Mask (optional)"),
 )
-_FILTER = "Images (*.nii *.nii.gz *.mha *.mhd *.nrrd);;All files (*)"
+_FILTER = f"Images ({' '.join('*' + s for s in IMAGE_SUFFIXES)});;All files (*)"
 
 
 def _path_row(parent: QWidget, edit: QLineEdit, folder: bool) -> QHBoxLayout:

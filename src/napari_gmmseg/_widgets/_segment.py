@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import inspect
 import queue
 import re
 import threading
@@ -56,37 +57,25 @@ from napari_gmmseg._widgets._common import (
 )
 from napari_gmmseg.errors import GeometryError, GmmSegError, ModelError, RoiError
 from napari_gmmseg.labels import CLASSES, LV_ROI_VALUES
+from napari_gmmseg.labels import DEFAULT_CHANNELS as _CASE_CHANNELS
+from napari_gmmseg.methods import METHODS, DeepOptions
 from napari_gmmseg.presence import PresenceRule
+from napari_gmmseg.segment import segment as segment_fn
 
 if TYPE_CHECKING:
     import napari
 
     from napari_gmmseg.fit import Fit, Progress
 
-#: (label shown, ``segment`` method name)
-METHOD_CHOICES: tuple[tuple[str, str], ...] = (
-    ("GMM", "gmm"),
-    ("SVGMM", "svgmm"),
-    ("deepG", "deepg"),
-    ("deepSVG", "deepsvg"),
-    ("deepSVG_mu", "deepsvg-mu"),
-)
-DEEP_METHODS = ("deepg", "deepsvg", "deepsvg-mu")
+#: (label shown, ``segment`` method name), from the registry.
+METHOD_CHOICES: tuple[tuple[str, str], ...] = tuple((s.label, n) for n, s in METHODS.items())
+DEEP_METHODS = tuple(n for n, s in METHODS.items() if s.family == "deep")
+#: Iteration / epoch limits shown when the method family changes (the API defaults).
+_EM_MAX_ITER = inspect.signature(segment_fn).parameters["max_iter"].default
+_DEEP_MAX_EPOCHS = DeepOptions().max_epochs
 
 #: The sequences ticked as channels by default.
-DEFAULT_CHANNELS = ("bSSFP", "LGE", "T2")
-
-
-def iteration_defaults() -> tuple[int, int, int]:
-    """``(max_iter, max_epochs, min_epochs)`` defaults, read from the core (never copied):
-    ``segment``'s EM limit and :data:`napari_gmmseg.deep.api.DEFAULTS` (torch-free import)."""
-    import inspect
-
-    from napari_gmmseg.deep.api import DEFAULTS
-    from napari_gmmseg.segment import segment
-
-    em = int(inspect.signature(segment).parameters["max_iter"].default)
-    return em, int(DEFAULTS["max_epochs"]), int(DEFAULTS["min_epochs"])
+DEFAULT_CHANNELS = _CASE_CHANNELS
 
 
 def channel_name(layer) -> str:
@@ -345,7 +334,7 @@ class SegmentWidget(QWidget):
         )
         self.max_iter = QSpinBox()
         self.max_iter.setRange(1, 100000)
-        self.max_iter.setValue(iteration_defaults()[0])
+        self.max_iter.setValue(_EM_MAX_ITER)
         row = QHBoxLayout()
         row.addWidget(self.tol)
         self.max_iter_label = QLabel("max iter")
@@ -490,11 +479,10 @@ class SegmentWidget(QWidget):
         self.max_iter_label.setText("max epochs" if deep else "max iter")
         self.n_init.setEnabled(not deep)
         self.n_init_label.setEnabled(not deep)
-        em_limit, deep_limit, _ = iteration_defaults()
-        if deep and self.max_iter.value() == em_limit:
-            self.max_iter.setValue(deep_limit)
-        elif not deep and self.max_iter.value() == deep_limit:
-            self.max_iter.setValue(em_limit)
+        if deep and self.max_iter.value() == _EM_MAX_ITER:
+            self.max_iter.setValue(_DEEP_MAX_EPOCHS)
+        elif not deep and self.max_iter.value() == _DEEP_MAX_EPOCHS:
+            self.max_iter.setValue(_EM_MAX_ITER)
 
     def _presence_changed(self, *_: Any) -> None:
         active = self.presence.currentData() != "none"
@@ -581,7 +569,7 @@ class SegmentWidget(QWidget):
         limit = self.max_iter.value()
         if method in DEEP_METHODS:
             kwargs["max_epochs"] = limit
-            kwargs["min_epochs"] = min(limit, iteration_defaults()[2])
+            kwargs["min_epochs"] = min(limit, DeepOptions().min_epochs)
         else:
             kwargs["max_iter"] = limit
             if self.n_init.value() > 1:

@@ -6,8 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-#: Methods known to the engine (kept here so ``--help`` does not import torch).
-KNOWN_METHODS = ("gmm", "svgmm", "deepg", "deepsvg", "deepsvg-mu")
+from napari_gmmseg.methods import COVARIANCE_TYPES, METHODS
+
+#: Methods known to the engine (the registry; importing it does not import torch).
+KNOWN_METHODS = tuple(METHODS)
 
 
 def add_method_options(parser: argparse.ArgumentParser) -> None:
@@ -17,22 +19,12 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1 ...")
     g.add_argument("--max-iter", type=int, default=None, help="EM iteration limit (gmm, svgmm)")
     g.add_argument("--tol", type=float, default=None, help="NLL gain per iteration to stop at")
-    g.add_argument(
-        "--n-init",
-        type=int,
-        default=None,
-        help="EM restarts per slice, the lowest NLL kept (gmm, svgmm; default 1)",
-    )
     g.add_argument("--n-classes", type=int, default=None, help="mixture components K (default 4)")
-    g.add_argument("--covariance-type", choices=("diag", "full"), default=None)
-    g.add_argument("--max-epochs", type=int, default=None, help="epochs of the deep methods")
-    g.add_argument("--min-epochs", type=int, default=None, help="minimum epochs (deep methods)")
-    g.add_argument("--lr", type=float, default=None, help="learning rate of the deep methods")
-    g.add_argument(
-        "--mu-data", default=None, help="class-mean JSON for deepsvg-mu (napari-gmmseg mu-data)"
-    )
-    g.add_argument(
-        "--weights", default=None, help="trained model file (Alg. 4) for the deep methods"
+    g.add_argument("--covariance-type", choices=COVARIANCE_TYPES, default=None)
+    from napari_gmmseg.cli._options import add_method_arguments
+
+    add_method_arguments(
+        parser.add_argument_group("options of the methods (each applies to those that take it)")
     )
     add_extreme_option(g, default=None)
 
@@ -64,22 +56,11 @@ def presence_rule(args: argparse.Namespace):
 
 def method_options(args: argparse.Namespace) -> dict:
     """The method options given on the command line (unset ones left out)."""
-    names = (
-        "seed",
-        "device",
-        "max_iter",
-        "tol",
-        "n_init",
-        "n_classes",
-        "covariance_type",
-        "max_epochs",
-        "min_epochs",
-        "lr",
-        "mu_data",
-        "weights",
-        "extreme",
-    )
-    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    from napari_gmmseg.cli._options import given_options
+
+    names = ("seed", "device", "max_iter", "tol", "n_classes", "covariance_type", "extreme")
+    common = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    return {**common, **given_options(args)}
 
 
 def parse_methods(args: argparse.Namespace) -> list[str]:
@@ -145,7 +126,9 @@ def register(subparsers) -> None:
             "Segment every case of DATASET (MyoPS layout or one folder per case) with each "
             "method inside the ROI, write OUT/<method>/<case>.nii.gz (MyoPS values, source "
             "geometry), OUT/metrics.csv and OUT/summary.json, and print Dice (Hungarian-matched "
-            "per slice, and as named) per slice and per volume, burden and runtime. "
+            "per slice, and as named) per slice and per volume, the MyoPS 2020 per-case scores "
+            "(scar and scar ∪ edema Dice, as named and matched), burden agreement (MAE, bias, "
+            "limits of agreement per case and per slice) and runtime. "
             "Cases already segmented are reused unless --force. Exit status 1 when a case failed "
             "(the others are still evaluated and reported)."
         ),

@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-#: Kept here so ``--help`` does not import torch (same names as napari_gmmseg.segment.METHODS).
-_METHODS = ("gmm", "svgmm", "deepg", "deepsvg", "deepsvg-mu")
-_INITS = ("kmeans++", "random", "random_from_data", "linspace", "prior")
+from napari_gmmseg.methods import COVARIANCE_TYPES, INITS, METHODS
 
 
 def register(subparsers) -> None:
@@ -44,29 +42,16 @@ def register(subparsers) -> None:
     g.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     g.add_argument("--quiet", action="store_true", help="no progress or summary on stderr/stdout")
     m = p.add_argument_group("method")
-    m.add_argument("--method", choices=_METHODS, default="gmm")
+    m.add_argument("--method", choices=tuple(METHODS), default="gmm")
     m.add_argument("--classes", type=int, default=4, help="mixture components K")
-    m.add_argument("--init", choices=_INITS, default="kmeans++", help="EM initialisation")
+    m.add_argument("--init", choices=INITS, default="kmeans++", help="EM initialisation")
     m.add_argument(
         "--tol", type=float, default=1e-3, help="stop a slice when |dNLL| < tol (0: never)"
     )
     m.add_argument("--max-iter", type=int, default=100, help="EM iteration limit")
     m.add_argument("--seed", type=int, default=0, help="seed of every random step")
-    m.add_argument(
-        "--n-init",
-        type=int,
-        default=1,
-        help="EM restarts per slice, fitted together; the lowest NLL is kept (gmm, svgmm)",
-    )
     m.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    m.add_argument("--covariance", choices=("diag", "full"), default="diag")
-    m.add_argument(
-        "--spatial",
-        choices=("none", "mrf", "smooth"),
-        default="none",
-        help="spatial coherence: Potts MRF (mean field) or SVGMM Pi smoothing",
-    )
-    m.add_argument("--beta", type=float, default=1.0, help="strength of --spatial")
+    m.add_argument("--covariance", choices=COVARIANCE_TYPES, default="diag")
     m.add_argument(
         "--per-volume",
         action="store_true",
@@ -75,11 +60,12 @@ def register(subparsers) -> None:
     m.add_argument(
         "--prior", metavar="JSON", help="prior table of class means (naming, --init prior)"
     )
-    m.add_argument("--weights", metavar="MODEL", help="trained model file (deep methods)")
-    m.add_argument("--max-epochs", type=int, default=None, help="epochs of the deep methods")
     from napari_gmmseg.cli.evaluate import add_extreme_option
 
     add_extreme_option(m)
+    from napari_gmmseg.cli._options import add_method_arguments
+
+    add_method_arguments(p.add_argument_group("options of the methods (each its own default)"))
     from napari_gmmseg.presence import add_cli_arguments
 
     add_cli_arguments(p)
@@ -93,15 +79,17 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from napari_gmmseg import io
-    from napari_gmmseg.errors import CaseLoadError, ModelError, RoiError
-    from napari_gmmseg.segment import segment
+    from napari_gmmseg.errors import CaseLoadError, ExtremeIntensityError, RoiError
+    from napari_gmmseg.segment import segment, with_sources
 
     t0 = time.perf_counter()
     out = args.out
-    inputs = (args.bssfp, args.lge, args.t2, args.roi, args.prior, args.weights)
+    inputs = (args.bssfp, args.lge, args.t2, args.roi, args.prior)
+    inputs += tuple(getattr(args, n, None) for n in ("weights", "mu_data"))
     io.check_output(out, suffixes=(".nii.gz", ".nii"), force=args.force, inputs=inputs)
-    if args.n_init != 1 and args.method not in ("gmm", "svgmm"):
-        raise ModelError(f"--n-init applies to gmm and svgmm, not {args.method}")
+    from napari_gmmseg.cli._options import options_for
+
+    options = options_for(args, args.method)  # before any loading: a stray flag fails fast
     sequences = {
         name: path
         for name, path in (("bSSFP", args.bssfp), ("LGE", args.lge), ("T2", args.t2))
@@ -129,16 +117,6 @@ def run(args: argparse.Namespace) -> int:
             arr = io.resample_to(arr, geom, case.geometry, labels=True, name=str(args.roi))
         roi = io.roi_from_mask(arr, values, name=str(args.roi))
 
-    options = {}
-    if args.n_init != 1:
-        options["n_init"] = args.n_init
-    if args.spatial != "none":
-        options.update(spatial=args.spatial, beta=args.beta)
-    if args.weights:
-        options["weights"] = args.weights
-    if args.max_epochs is not None:
-        options["max_epochs"] = args.max_epochs
-
     from napari_gmmseg.presence import resolve_rule, rule_from_args
 
     # Presence decides between LV tissues: it needs the LV ROI.
@@ -151,9 +129,6 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
             flush=True,
         )
-
-    from napari_gmmseg.errors import ExtremeIntensityError
-    from napari_gmmseg.segment import with_sources
 
     try:
         fit = _segment(segment, case, roi, args, presence, report, options)

@@ -14,6 +14,7 @@ the mixture parameters come from the closed-form M-step.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 import warnings
@@ -23,20 +24,19 @@ from typing import Any
 import numpy as np
 
 from napari_gmmseg.errors import ModelError
+from napari_gmmseg.methods import COVARIANCE_TYPES, DeepOptions, check_choice
 
 __all__ = ["DEFAULTS", "fit_deep"]
 
-#: Defaults of the per-slice optimisation (Algorithm 3); see docs/deep.md.
+#: Defaults of the per-slice optimisation (Algorithm 3); see docs/deep.md. Written once,
+#: in :class:`napari_gmmseg.methods.DeepOptions` (the CLI, the dock and the API read it).
 DEFAULTS: dict[str, Any] = {
-    "max_epochs": 200,
-    "min_epochs": 10,
+    **{
+        f.name: f.default
+        for f in dataclasses.fields(DeepOptions)
+        if f.name not in ("amp", "mu_data", "weights", "num_threads")
+    },
     "tol": 1e-3,
-    "lr": 1e-3,
-    "weight_decay": 1e-3,
-    "clip_norm": 12.0,
-    "lam": 1.0,
-    "network": "small",
-    "reg_covar": 1e-3,
 }
 
 
@@ -81,7 +81,6 @@ def fit_deep(
     should_stop: Callable[[], bool] | None = None,
     channels: Sequence[str] | None = None,
     num_threads: int | None = None,
-    **unused: Any,
 ) -> Any:
     """Fit deepG / deepSVG / deepSVG_mu to every slice of a batch.
 
@@ -128,8 +127,6 @@ def fit_deep(
         CPU threads of the per-slice optimisation (default: half the cores, at least
         one; see :func:`napari_gmmseg.deep.optimize.optimize_slices`). Results do not
         depend on it.
-    **unused
-        Options of other methods (ignored).
 
     Returns
     -------
@@ -143,8 +140,7 @@ def fit_deep(
     from napari_gmmseg.preprocess import resolve_device
 
     spatially_variant(method)
-    if covariance_type not in ("diag", "full"):
-        raise ModelError(f"covariance_type must be 'diag' or 'full', got {covariance_type!r}")
+    check_choice("covariance_type", covariance_type, COVARIANCE_TYPES)
     dev = resolve_device(device)
     channels = tuple(channels if channels is not None else batch.channels)
     if weights is not None:

@@ -1,0 +1,146 @@
+"""The method registry: one entry per method, typed options, a toy method in two pieces."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import types
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from napari_gmmseg import methods
+from napari_gmmseg.errors import ModelError
+from napari_gmmseg.methods import (
+    METHODS,
+    DeepOptions,
+    EMOptions,
+    MethodSpec,
+    get_method,
+    option_fields,
+    register,
+)
+
+
+def test_registry_lists_the_paper_methods_in_order_with_their_families():
+    assert list(METHODS) == ["gmm", "svgmm", "deepg", "deepsvg", "deepsvg-mu"]
+    assert [s.family for s in METHODS.values()] == ["em", "em", "deep", "deep", "deep"]
+    assert get_method(" SVGMM ").label == "SVGMM"
+    with pytest.raises(ModelError, match=r"unknown method 'gmn'; choose one of 'gmm', 'svgmm'"):
+        get_method("gmn")
+
+
+def test_options_validate_themselves_and_refuse_unknown_names():
+    with pytest.raises(ModelError, match="unknown spatial 'mfr'"):
+        EMOptions(spatial="mfr")
+    with pytest.raises(ModelError, match="n_init must be >= 1"):
+        EMOptions(n_init=0)
+    with pytest.raises(ModelError, match="use 'mrf' for a GMM"):
+        get_method("gmm").make_options({"spatial": "smooth"})
+    assert get_method("svgmm").make_options({"spatial": "smooth", "beta": 0.5}).beta == 0.5
+    with pytest.raises(ModelError, match="max_epochs must be >= 1"):
+        DeepOptions(max_epochs=0)
+    # Deep methods refuse misspelt options too (fit_deep used to swallow them).
+    with pytest.raises(ModelError, match=r"unknown option\(s\) \['max_epoch'\] for method 'deepg'"):
+        get_method("deepg").make_options({"max_epoch": 3})
+
+
+def test_defaults_are_written_once():
+    from napari_gmmseg.deep import DEFAULTS
+
+    assert DEFAULTS["max_epochs"] == DeepOptions().max_epochs == 200
+    assert DEFAULTS["reg_covar"] == DeepOptions().reg_covar
+    fields = option_fields()
+    assert fields["reg_covar"]["defaults"] == {
+        "gmm": 1e-4,
+        "svgmm": 1e-4,
+        "deepg": 1e-3,
+        "deepsvg": 1e-3,
+        "deepsvg-mu": 1e-3,
+    }
+    assert "init_params" not in fields  # cli=False
+    assert fields["spatial"]["choices"] == ("none", "mrf", "smooth")
+    assert "| `deepsvg-mu` | deep |" in methods.method_table()
+
+
+# ------------------------------------------------------------------ a toy method
+@dataclass(frozen=True)
+class ToyOptions:
+    """Options of the toy method: one field, validated."""
+
+    shift: float = field(default=0.0, metadata={"help": "added to every mean"})
+
+    def __post_init__(self) -> None:
+        if not np.isfinite(self.shift):
+            raise ModelError("shift must be finite")
+
+    def fit_kwargs(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _toy_fit(batch, *, n_components, seed, shift, progress=None, should_stop=None, **_common):
+    """The whole toy method: 3 EM iterations of the engine, means shifted by ``shift``."""
+    from napari_gmmseg.mixture import fit_gmm
+
+    res = fit_gmm(batch, n_components=n_components, seed=seed, max_iter=3)
+    return dataclasses.replace(res, means=res.means + shift, method="toy")
+
+
+@pytest.fixture
+def toy_method(monkeypatch):
+    module = types.ModuleType("toy_method_module")
+    module.fit = _toy_fit
+    monkeypatch.setitem(sys.modules, "toy_method_module", module)
+    spec = MethodSpec("toy", "Toy", "em", ToyOptions, "toy_method_module:fit", "a test method")
+    monkeypatch.setitem(METHODS, "toy", spec)
+    return spec
+
+
+def test_a_new_method_is_one_module_and_one_registry_entry(toy_method):
+    from napari_gmmseg.cli._options import add_method_arguments
+    from napari_gmmseg.phantom import make_case
+    from napari_gmmseg.segment import segment_case
+
+    case = make_case(0, n_slices=2, size=48)
+    fit = segment_case(case, method="toy", shift=0.0)
+    assert fit.method == "toy" and fit.params["method_options"] == {"shift": 0.0}
+    assert set(np.unique(fit.labels[case.roi()])) <= {200, 500, 1220, 2221}
+    assert fit.n_iter_.max() <= 3
+    with pytest.raises(ModelError, match=r"unknown option\(s\) \['shfit'\] for method 'toy'"):
+        segment_case(case, method="toy", shfit=1.0)
+    # The CLI flag comes from the field.
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    assert "shift" in add_method_arguments(parser, ["toy"])
+    assert parser.parse_args(["--shift", "0.5"]).shift == 0.5
+
+
+def test_register_refuses_a_duplicate_name(toy_method):
+    with pytest.raises(ModelError, match="exists"):
+        register(toy_method)
+
+
+def test_a_pipeline_method_gets_the_volume_and_returns_the_fit(monkeypatch):
+    from napari_gmmseg.phantom import make_case
+    from napari_gmmseg.segment import segment_case
+
+    seen = {}
+
+    def pipeline(images, roi, *, channels, options, seed, device, prior, progress, should_stop):
+        from napari_gmmseg.segment import segment
+
+        seen.update(shape=images.shape, roi=int(roi.sum()), channels=channels, options=options)
+        return segment(images, roi, channels=channels, seed=seed, max_iter=2)
+
+    module = types.ModuleType("toy_pipeline_module")
+    module.fit = pipeline
+    monkeypatch.setitem(sys.modules, "toy_pipeline_module", module)
+    spec = MethodSpec("toy-pipe", "Toy pipe", "pipeline", ToyOptions, "toy_pipeline_module:fit")
+    monkeypatch.setitem(METHODS, "toy-pipe", spec)
+    case = make_case(0, n_slices=2, size=48)
+    fit = segment_case(case, method="toy-pipe", shift=1.0)
+    assert seen["shape"] == case.images.shape and seen["roi"] == int(case.roi().sum())
+    assert seen["options"] == ToyOptions(shift=1.0) and seen["channels"] == case.channels
+    assert fit.n_iter_.max() <= 2
