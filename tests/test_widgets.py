@@ -455,7 +455,11 @@ def test_all_five_docks_fit_a_1600x1000_screen(make_napari_viewer_proxy, qtbot):
     viewer = make_napari_viewer_proxy()
     for cls in (LoadCaseWidget, SegmentWidget, InspectWidget, EvaluateWidget, ExportWidget):
         dock(viewer, cls(viewer))
-    window = viewer.window._qt_window
+    import warnings
+
+    with warnings.catch_warnings():  # the Qt main window is only reachable privately
+        warnings.simplefilter("ignore", FutureWarning)
+        window = viewer.window._qt_window
     assert window.minimumSizeHint().height() <= 1000
     window.resize(1600, 1000)
     qtbot.wait(50)
