@@ -40,6 +40,8 @@ naming cannot do: K = 1 (every ROI voxel would be one tissue) and K above
 
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import os
 from collections.abc import Sequence
@@ -58,6 +60,7 @@ __all__ = [
     "canonical_channel",
     "default_prior",
     "load_prior",
+    "min_cost_assignment",
     "name_components",
 ]
 
@@ -230,8 +233,6 @@ def name_components(
     ModelError
         Channel count mismatch or a channel the prior does not know.
     """
-    from scipy.optimize import linear_sum_assignment
-
     prior = prior or DEFAULT_PRIOR
     if hasattr(means, "detach"):
         means = means.detach().cpu().numpy()
@@ -256,7 +257,7 @@ def name_components(
         if cls_ok.size == 0:
             cls_ok = np.arange(n_classes)
         c = cost[s][:, cls_ok]
-        rows, cols = linear_sum_assignment(c)
+        rows, cols = min_cost_assignment(c)
         out[s, rows] = cls_ok[cols]
         left = out[s] < 0
         if left.any():
@@ -303,6 +304,53 @@ def check_n_components(k: int, n_classes: int = 4) -> str | None:
             "classes are merged into the class with the nearest prior mean"
         )
     return None
+
+
+#: Largest side of a cost matrix solved by enumeration (8! = 40320 candidates).
+_ENUMERATE_MAX = 8
+
+
+@functools.lru_cache(maxsize=32)
+def _injections(n: int, r: int) -> np.ndarray:
+    """``(n! / (n - r)!, r)`` int64: every ordered choice of ``r`` of ``n`` indices."""
+    return np.array(list(itertools.permutations(range(n), r)), dtype=np.int64).reshape(-1, r)
+
+
+def min_cost_assignment(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Optimal assignment of a small ``(R, C)`` cost matrix, as ``scipy.optimize.linear_sum_assignment``.
+
+    Components x classes is at most a few times a few here, so every candidate is
+    enumerated at once (vectorised) instead of importing SciPy's solver (about a
+    second of start-up on a small machine). The optimum is the same as SciPy's
+    whenever it is unique; among exactly equal costs the first in lexicographic order
+    is taken. Matrices with a side above 8 go to SciPy.
+
+    Parameters
+    ----------
+    cost : numpy.ndarray
+        ``(R, C)`` float costs.
+
+    Returns
+    -------
+    rows, cols : numpy.ndarray
+        ``(min(R, C),)`` int64 each: row ``rows[i]`` is assigned to column ``cols[i]``,
+        ``rows`` ascending.
+    """
+    cost = np.asarray(cost, dtype=np.float64)
+    n_r, n_c = cost.shape
+    if max(n_r, n_c) > _ENUMERATE_MAX:
+        from scipy.optimize import linear_sum_assignment
+
+        rows, cols = linear_sum_assignment(cost)
+        return rows.astype(np.int64), cols.astype(np.int64)
+    if n_r <= n_c:
+        cand = _injections(n_c, n_r)  # column of every row
+        best = cand[np.argmin(cost[np.arange(n_r), cand].sum(1))]
+        return np.arange(n_r, dtype=np.int64), best
+    cand = _injections(n_r, n_c)  # row of every column
+    best = cand[np.argmin(cost[cand, np.arange(n_c)].sum(1))]
+    order = np.argsort(best)
+    return best[order], np.arange(n_c, dtype=np.int64)[order]
 
 
 def default_prior() -> PriorTable:

@@ -81,7 +81,7 @@ def _build_labels(
     import torch
 
     k = soft.shape[-1]
-    comp = soft.argmax(-1).to("cpu").numpy().astype(np.int64)  # (S, N)
+    comp = soft.argmax(-1).to("cpu").numpy()  # (S, N) int64
     valid = batch.valid.to("cpu").numpy()
     values = np.asarray(CLASS_VALUES, dtype=np.int32)
     cls = np.take_along_axis(c2c, comp, axis=1)  # (S, N) class index
