@@ -154,7 +154,7 @@ ENGINES = {"engine": run_engine, "sklearn": run_sklearn, "numpy": run_numpy}
 def _rss_mb() -> float:
     """Current resident set size in MiB (Linux /proc; ru_maxrss elsewhere)."""
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024.0
     except OSError:

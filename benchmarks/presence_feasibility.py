@@ -389,7 +389,7 @@ def main(argv=None) -> int:
     if args.load_tables:
         tables = {}
         for path in args.load_tables:
-            tables.update(json.loads(path.read_text()))
+            tables.update(json.loads(path.read_text(encoding="utf-8")))
     else:
         tables = compute_tables(args)
     if args.save_tables:

@@ -63,7 +63,7 @@ def test_evaluate_writes_csv_labels_and_summary(first_run, sample_data_dir):
     assert "Dice per slice (paper protocol" in printed and "gmm" in printed
     assert "Burden per case" in printed and "Runtime" in printed
     # metrics.csv: header, one volume row per class and case, Dice in [0, 1] or NaN
-    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    header = (out / "metrics.csv").read_text(encoding="utf-8").splitlines()[0].split(",")
     assert tuple(header) == CSV_COLUMNS
     rows = read_csv(out / "metrics.csv")
     vol = [r for r in rows if r["slice"] == "volume"]
@@ -88,7 +88,7 @@ def test_evaluate_writes_csv_labels_and_summary(first_run, sample_data_dir):
         scar = next(r for r in vol if r["case"] == src.case_id and r["class"] == "scar")
         assert scar["pred_ml"] == pytest.approx(np.count_nonzero(lab == 2221) * voxel_ml, rel=1e-4)
         assert scar["gt_ml"] == pytest.approx(np.count_nonzero(gt == 2221) * voxel_ml, rel=1e-4)
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert summary["n_cases"] == len(ids) and summary["failures"] == []
     assert summary["methods"] == ["gmm"] and summary["options"]["max_iter"] == 15
     assert summary["versions"]["napari-gmmseg"]
@@ -126,7 +126,7 @@ def test_evaluate_reports_myops_scores_and_burden_agreement(first_run, sample_da
         assert np.isfinite(r["pred_pct_matched"]) and np.isfinite(r["pred_ml_matched"])
         named.append(s["scar_edema_dice"])
         matched.append(m["scar_edema_dice"])
-    agg = json.loads((out / "summary.json").read_text())["aggregates"]["gmm"]
+    agg = json.loads((out / "summary.json").read_text(encoding="utf-8"))["aggregates"]["gmm"]
     myops = agg["myops_per_case"]
     assert myops["named"]["scar+edema"]["mean"] == pytest.approx(np.mean(named), abs=1e-5)
     assert myops["matched"]["scar+edema"]["mean"] == pytest.approx(np.mean(matched), abs=1e-5)
@@ -214,7 +214,9 @@ def test_resume_skips_and_force_recomputes(first_run, sample_data_dir, tmp_path)
     assert {o.status for o in res.outcomes} == {"skipped"}
     assert label.stat().st_mtime_ns == before
     # metrics are recomputed from the saved maps: same table and CSV as the first run
-    assert (out / "metrics.csv").read_text() == (out0 / "metrics.csv").read_text()
+    assert (out / "metrics.csv").read_text(encoding="utf-8") == (out0 / "metrics.csv").read_text(
+        encoding="utf-8"
+    )
     assert res.summary["aggregates"]["gmm"]["runtime"]["skipped"] == len(res.outcomes)
     assert res.summary["aggregates"]["gmm"]["runtime"]["seconds_per_case"]["n"] == len(res.outcomes)
     res = evaluate_dataset(
@@ -222,7 +224,9 @@ def test_resume_skips_and_force_recomputes(first_run, sample_data_dir, tmp_path)
     )
     assert {o.status for o in res.outcomes} == {"segmented"}
     assert label.stat().st_mtime_ns != before
-    assert (out / "metrics.csv").read_text() == (out0 / "metrics.csv").read_text()  # seeded
+    assert (out / "metrics.csv").read_text(encoding="utf-8") == (out0 / "metrics.csv").read_text(
+        encoding="utf-8"
+    )  # seeded
 
 
 def test_broken_case_is_reported_and_others_finish(sample_data_dir, tmp_path):
@@ -238,7 +242,7 @@ def test_broken_case_is_reported_and_others_finish(sample_data_dir, tmp_path):
         ["evaluate", str(data), "--methods", "gmm", "--out", str(out), "--no-progress", *FAST]
     )
     assert rc == 1  # failures make the exit status non-zero, after everything was written
-    summary = json.loads((out / "summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     assert [f["case"] for f in summary["failures"]] == [ids[0]]
     assert summary["failures"][0]["error"]  # the message is kept
     assert (out / "gmm" / f"{ids[1]}.nii.gz").exists()
@@ -266,7 +270,9 @@ def test_dask_local_cluster_gives_identical_csv(first_run, sample_data_dir, tmp_
             scheduler=client,
         )
     assert res.failures == []
-    assert (tmp_path / "metrics.csv").read_text() == (out0 / "metrics.csv").read_text()
+    assert (tmp_path / "metrics.csv").read_text(encoding="utf-8") == (
+        out0 / "metrics.csv"
+    ).read_text(encoding="utf-8")
     for label in (out0 / "gmm").glob("*.nii.gz"):
         a = np.asarray(__import__("nibabel").load(label).dataobj)
         b = np.asarray(__import__("nibabel").load(tmp_path / "gmm" / label.name).dataobj)
@@ -292,7 +298,9 @@ def test_folder_per_case_layout_and_roi_folder(first_run, sample_data_dir, tmp_p
         data, ["gmm"], out, roi=rois, progress=False, options=FAST_OPTIONS, plots=False
     )
     assert res.failures == []
-    assert (out / "metrics.csv").read_text() == (out0 / "metrics.csv").read_text()
+    assert (out / "metrics.csv").read_text(encoding="utf-8") == (out0 / "metrics.csv").read_text(
+        encoding="utf-8"
+    )
 
 
 def test_bad_requests_raise_typed_errors(tmp_path, sample_data_dir):
@@ -343,7 +351,7 @@ def test_presence_rule_is_applied_recorded_and_guards_resume(first_run, sample_d
         force=True,
     )
     assert res.failures == [] and res.summary["warnings"] == []
-    side = json.loads(next((out / "gmm").glob("*.json")).read_text())
+    side = json.loads(next((out / "gmm").glob("*.json")).read_text(encoding="utf-8"))
     assert side["requested"]["presence"]["rule"] == "pv-contrast"
     assert "presence" in side["params"]
 

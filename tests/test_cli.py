@@ -29,7 +29,7 @@ def files(tmp_path_factory):
 
 def _segment_args(files, out):
     return ["segment", "--bssfp", str(files["bSSFP"]), "--lge", str(files["LGE"]),
-            "--roi", str(files["gt"]), "--out", str(out), "--quiet"]  # fmt: skip
+            "--roi", str(files["gt"]), "--out", str(out), "--quiet", "--method", "gmm"]  # fmt: skip
 
 
 def _fail_fast(monkeypatch):

@@ -330,7 +330,7 @@ def test_mu_data_equals_class_means_of_normalised_slices(phantom_case, tmp_path)
         ref.append([px[lab[z][roi] == v].mean(0) for v in CLASS_VALUES])
     np.testing.assert_allclose(table.means, np.mean(ref, axis=0), atol=1e-5)
     path = table.save(tmp_path / "mu.json")
-    d = json.loads(path.read_text())
+    d = json.loads(path.read_text(encoding="utf-8"))
     assert d["classes"] == ["LV blood pool", "myocardium", "edema", "scar"]
     back = load_mu_data(path)
     np.testing.assert_allclose(back.means, table.means, atol=1e-6)

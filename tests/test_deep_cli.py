@@ -25,14 +25,14 @@ def test_mu_data_cli_writes_prior_table_and_refuses_overwrite(tiny_dataset, tmp_
     assert (
         main(["mu-data", str(tiny_dataset), "--images", "2", "--seed", "1", "--out", str(out)]) == 0
     )
-    d = json.loads(out.read_text())
+    d = json.loads(out.read_text(encoding="utf-8"))
     assert d["channels"] == ["bSSFP", "LGE", "T2"]
     assert len(d["means"]) == 4 and all(len(r) == 3 for r in d["means"])
     assert d["source"]["n_images"] == 2
-    before = out.read_text()
+    before = out.read_text(encoding="utf-8")
     assert main(["mu-data", str(tiny_dataset), "--out", str(out)]) == 1
     assert "exists" in capsys.readouterr().err
-    assert out.read_text() == before
+    assert out.read_text(encoding="utf-8") == before
 
 
 def test_train_cli_writes_a_loadable_model(tiny_dataset, tmp_path):
@@ -51,7 +51,8 @@ def test_train_cli_writes_a_loadable_model(tiny_dataset, tmp_path):
     assert model.method == "deepsvg-mu"
     assert model.training["cases"] == ["1001", "1002"]
     assert torch.allclose(
-        model.mu_data, torch.tensor(json.loads(mu.read_text())["means"], dtype=torch.float32)
+        model.mu_data,
+        torch.tensor(json.loads(mu.read_text(encoding="utf-8"))["means"], dtype=torch.float32),
     )
     assert main(args) == 1  # exists, no --force
     assert main([*args, "--force", "--method", "deepsvg"]) == 0

@@ -24,8 +24,10 @@ from napari_gmmseg.methods import (
 
 
 def test_registry_lists_the_paper_methods_in_order_with_their_families():
-    assert list(METHODS) == ["gmm", "svgmm", "deepg", "deepsvg", "deepsvg-mu"]
-    assert [s.family for s in METHODS.values()] == ["em", "em", "deep", "deep", "deep"]
+    paper = ["gmm", "svgmm", "deepg", "deepsvg", "deepsvg-mu"]
+    assert list(METHODS) == [*paper, "wall-first", "gmm-prior"]
+    families = ["em", "em", "deep", "deep", "deep", "pipeline", "pipeline"]
+    assert [s.family for s in METHODS.values()] == families
     assert get_method(" SVGMM ").label == "SVGMM"
     with pytest.raises(ModelError, match=r"unknown method 'gmn'; choose one of 'gmm', 'svgmm'"):
         get_method("gmn")

@@ -343,7 +343,7 @@ def test_engine_results_are_pinned_on_a_phantom(repo_root):
 
     from napari_gmmseg.phantom import make_case
 
-    pinned = json.loads((repo_root / "tests/data/engine_golden.json").read_text())
+    pinned = json.loads((repo_root / "tests/data/engine_golden.json").read_text(encoding="utf-8"))
     case = make_case(0, n_slices=4, size=64)
     roi = np.isin(case.labels, (200, 500, 1220, 2221))
     # pinned on the plain z-score batch the engine saw then (the engine, not the

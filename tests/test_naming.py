@@ -30,7 +30,7 @@ def test_default_table_follows_the_sequences():
 
 def test_json_round_trip_and_no_silent_overwrite(tmp_path):
     path = DEFAULT_PRIOR.save(tmp_path / "prior.json")
-    data = json.loads(path.read_text())
+    data = json.loads(path.read_text(encoding="utf-8"))
     assert set(data) == {"channels", "classes", "means"}
     back = PriorTable.load(path)
     np.testing.assert_array_equal(back.means, DEFAULT_PRIOR.means)

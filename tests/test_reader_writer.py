@@ -146,8 +146,12 @@ def test_the_reader_manifest_and_the_load_dock_accept_every_image_suffix_of_io()
 
     from napari_gmmseg.io import IMAGE_SUFFIXES
 
-    manifest = yaml.safe_load((Path(__file__).parents[1] / "napari.yaml").read_text())
+    manifest = yaml.safe_load(
+        (Path(__file__).parents[1] / "napari.yaml").read_text(encoding="utf-8")
+    )
     (reader,) = manifest["contributions"]["readers"]
     assert reader["filename_patterns"] == ["*" + s for s in IMAGE_SUFFIXES]
-    src = (Path(__file__).parents[1] / "src/napari_gmmseg/_widgets/_load.py").read_text()
+    src = (Path(__file__).parents[1] / "src/napari_gmmseg/_widgets/_load.py").read_text(
+        encoding="utf-8"
+    )
     assert "IMAGE_SUFFIXES" in src and ".nrrd" not in src  # the dock's filter reads io's list

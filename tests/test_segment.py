@@ -153,7 +153,7 @@ def test_deep_methods_dispatch_lazily(case, monkeypatch):
     assert fit.method == "deepsvg-mu" and calls["method"] == "deepsvg-mu"
     assert calls["max_epochs"] == 2 and calls["mu_data"].shape == (4, 3)
     assert set(np.unique(fit.labels[case.roi()])) <= set(CLASS_VALUES)
-    assert set(METHODS) == {"gmm", "svgmm", "deepg", "deepsvg", "deepsvg-mu"}
+    assert set(METHODS) == {"gmm", "svgmm", "deepg", "deepsvg", "deepsvg-mu", "wall-first"}
 
 
 def test_cli_writes_labels_on_the_bssfp_grid(case, tmp_path):

@@ -173,12 +173,16 @@ def test_errors_show_a_message_and_create_nothing(make_napari_viewer_proxy, qtbo
     assert not widget.running and list(viewer.layers) == before
     assert "ROI" in errors[-1]
 
-    # no ROI layer at all
+    # no ROI layer at all: the ROI combo falls back to "automatic", which needs bSSFP
     viewer.layers.remove(layers["mask"])
+    assert widget.roi_layer.layer() is None
+    assert widget.roi_layer.currentText().startswith("automatic")
+    widget.channel_list.set_checked([layers["LGE"], layers["T2"]])
     before = list(viewer.layers)
     widget.run()
     assert not widget.running and list(viewer.layers) == before
-    assert "no ROI" in errors[-1]
+    assert "bSSFP" in errors[-1]
+    widget.channel_list.set_checked([layers["bSSFP"], layers["LGE"], layers["T2"]])
 
     # an error from the core while running (ROI smaller than K): message, no layer
     tiny = np.zeros(case.shape, np.int32)

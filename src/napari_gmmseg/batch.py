@@ -47,6 +47,8 @@ from napari_gmmseg.labels import CLASS_NAMES, LV_ROI_VALUES
 from napari_gmmseg.metrics import LV_MYOCARDIUM_NAME, SCAR_EDEMA_NAME
 from napari_gmmseg.presence import resolve_rule
 
+#: Sub-folder of an evaluation's output with the automatic ROI of every case.
+AUTO_ROI_DIR = "auto_roi"
 #: Column order of ``metrics.csv``.
 CSV_COLUMNS: tuple[str, ...] = (
     "case",
@@ -153,7 +155,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", newline="") as fh:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as fh:
             fh.write(text)
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; these are ordinary result files
         os.replace(tmp, path)
@@ -167,10 +169,16 @@ def _error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _resolve_roi(roi: str | os.PathLike | None, case) -> np.ndarray | None:
-    """The ROI mask of one case: ground-truth LV, or read from a file / a folder of files."""
+def _resolve_roi(
+    roi: str | os.PathLike | None, case, out_dir: Path | None = None, force: bool = False
+) -> np.ndarray | None:
+    """The ROI mask of one case: ground-truth LV, automatic, or read from a file / folder."""
     from napari_gmmseg import io
 
+    if isinstance(roi, str) and roi.lower() == "auto":
+        from napari_gmmseg.autoroi import case_roi
+
+        return case_roi(case, Path(out_dir or ".") / AUTO_ROI_DIR, force=force)
     if roi is None or (isinstance(roi, str) and roi.lower() == "gt"):
         if case.labels is None:
             raise RoiError(
@@ -312,7 +320,7 @@ def evaluate_case(
 
     try:
         case = source.load()
-        roi_mask = _resolve_roi(roi, case)
+        roi_mask = _resolve_roi(roi, case, out_dir, force)
     except Exception as exc:  # one broken case must not stop the batch
         for method in methods:
             done(CaseOutcome(case_id, method, "failed", error=_error_text(exc)))
@@ -334,7 +342,7 @@ def evaluate_case(
                         f"{label_path}: grid {geometry} does not match case {case.case_id} "
                         f"({case.geometry}); rerun with --force"
                     )
-                info = json.loads(sidecar.read_text())
+                info = json.loads(sidecar.read_text(encoding="utf-8"))
                 seconds = info.get("seconds")
             else:
                 from napari_gmmseg.segment import segment_case
@@ -508,8 +516,10 @@ def evaluate_dataset(
         Methods to run, e.g. ``("gmm", "svgmm", "deepsvg")``.
     out_dir : path-like
         Output folder (created). Existing label maps are reused unless ``force``.
-    roi : "gt", path or None
-        ``"gt"`` (default): the ground-truth LV (labels 500, 200, 1220, 2221). A file:
+    roi : "gt", "auto", path or None
+        ``"gt"`` (default): the ground-truth LV (labels 500, 200, 1220, 2221).
+        ``"auto"``: found from the bSSFP image, kept with its QC and ROI Dice in
+        ``out_dir/auto_roi/`` (:func:`napari_gmmseg.autoroi.case_roi`). A file:
         a mask on the case grid (LV values if present, else every non-zero voxel);
         a folder: one such file per case, found by case id in its name.
     force : bool
@@ -625,6 +635,13 @@ def evaluate_dataset(
         "aggregates": aggregates,
         "table": table,
     }
+    if isinstance(roi, str) and roi.lower() == "auto":
+        from napari_gmmseg.autoroi import collect_case_qc, write_qc_csv
+
+        qc_rows, qc_text = collect_case_qc(out_dir / AUTO_ROI_DIR, summary["cases"])
+        write_qc_csv(qc_rows, out_dir / AUTO_ROI_DIR / "qc.csv")
+        summary["auto_roi"] = qc_rows
+        summary["table"] = table = f"{table}\n\n{qc_text}" if qc_text else table
     write_csv(rows, out_dir / "metrics.csv")
     if rows and plots:
         summary["bland_altman"] = _bland_altman(rows, out_dir, summary["warnings"])

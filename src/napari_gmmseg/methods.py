@@ -47,6 +47,7 @@ from napari_gmmseg.errors import ModelError
 
 __all__ = [
     "COVARIANCE_TYPES",
+    "DEFAULT_METHOD",
     "FAMILIES",
     "INITS",
     "METHODS",
@@ -296,7 +297,19 @@ class MethodSpec:
         return option in {f.name for f in dataclasses.fields(self.options)}
 
 
-#: Every method, in the paper's order.
+def _pipeline_options(name: str) -> type:
+    import napari_gmmseg.wallfirst as wallfirst  # numpy only: no torch here
+
+    return getattr(wallfirst, name)
+
+
+#: What :func:`~napari_gmmseg.segment.segment`, ``segment``/``evaluate`` without
+#: ``--method``, the Segment dock and ``make demo`` use: the best method by the as-named
+#: metrics, cross-validated leave-one-case-out on myops_dev (README, docs/quality.md).
+DEFAULT_METHOD = "gmm-prior"
+
+
+#: Every method, in the paper's order, then the pipelines with a learned prior.
 METHODS: dict[str, MethodSpec] = {
     spec.name: spec
     for spec in (
@@ -341,6 +354,24 @@ METHODS: dict[str, MethodSpec] = {
             "deepSVG pulled toward prior class means mu_data; trainable on a dataset "
             "(Algorithms 3, 4)",
             prior_means_as_mu_data=True,
+        ),
+        MethodSpec(
+            "wall-first",
+            "wall-first",
+            "pipeline",
+            _pipeline_options("WallFirstOptions"),
+            "napari_gmmseg.wallfirst:fit_pipeline",
+            "stage 1 splits the ROI into blood pool and wall (bSSFP), stage 2 fits healthy / "
+            "edema / scar on LGE + T2 inside the wall anchored to a learned prior (MAP-EM)",
+        ),
+        MethodSpec(
+            "gmm-prior",
+            "GMM + learned prior (default)",
+            "pipeline",
+            _pipeline_options("PriorGMMOptions"),
+            "napari_gmmseg.wallfirst:fit_pipeline",
+            "4-class GMM by MAP-EM in the ROI on bSSFP, LGE and T2, anchored to the learned "
+            "tissue prior (conjugate priors, strength 0.5); the default",
         ),
     )
 }

@@ -127,7 +127,15 @@ class PriorTable:
 
     @classmethod
     def from_dict(cls, data: dict) -> PriorTable:
-        """Build from ``{"channels": [...], "classes": [...], "means": [[...]]}`` (extra keys ignored)."""
+        """Build from ``{"channels": [...], "classes": [...], "means": [[...]]}`` (extra keys ignored).
+
+        A dict with learned ``stats`` (``napari-gmmseg prior``) gives a
+        :class:`~napari_gmmseg.prior.TissuePrior`, which is a prior table too.
+        """
+        if cls is PriorTable and isinstance(data, dict) and "stats" in data:
+            from napari_gmmseg.prior import TissuePrior
+
+            return TissuePrior.from_dict(data)
         try:
             return cls(tuple(data["channels"]), tuple(data["classes"]), np.asarray(data["means"]))
         except (KeyError, TypeError, ValueError) as exc:
@@ -144,7 +152,7 @@ class PriorTable:
         """
         path = Path(path)
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot read prior table {path}: {exc}") from exc
         try:
@@ -161,7 +169,7 @@ class PriorTable:
             raise OutputExistsError(f"{path} exists (pass overwrite=True to replace it)")
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
         os.replace(tmp, path)
         return path
 

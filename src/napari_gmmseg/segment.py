@@ -22,7 +22,13 @@ from napari_gmmseg._json import jsonable
 from napari_gmmseg.errors import ExtremeIntensityError, ModelError, RoiError
 from napari_gmmseg.fit import Fit, Progress
 from napari_gmmseg.labels import CLASS_VALUES, CLASSES, LV_ROI_VALUES
-from napari_gmmseg.methods import COVARIANCE_TYPES, MethodSpec, check_choice, get_method
+from napari_gmmseg.methods import (
+    COVARIANCE_TYPES,
+    DEFAULT_METHOD,
+    MethodSpec,
+    check_choice,
+    get_method,
+)
 from napari_gmmseg.methods import METHODS as _REGISTRY
 
 __all__ = [
@@ -190,7 +196,7 @@ def segment(
     roi: np.ndarray | None = None,
     *,
     channels: Sequence[str] | None = None,
-    method: str = "gmm",
+    method: str = DEFAULT_METHOD,
     n_classes: int = 4,
     covariance_type: str = "diag",
     init: str = "kmeans++",
@@ -218,8 +224,9 @@ def segment(
     channels : sequence of str, optional
         Sequence name of every channel (``bSSFP``/``C0``, ``LGE``/``DE``, ``T2``); default
         ``("bSSFP", "LGE", "T2")`` for three channels. Used to name the components.
-    method : str, default "gmm"
-        One of :data:`METHODS`.
+    method : str, default "gmm-prior"
+        One of :data:`METHODS` (:data:`napari_gmmseg.methods.DEFAULT_METHOD`: the best
+        cross-validated method; ``"gmm"`` etc. are the paper's, unchanged).
     n_classes : int, default 4
         Mixture components K.
     covariance_type : {"diag", "full"}, default "diag"
@@ -307,6 +314,7 @@ def segment(
             progress=progress,
             should_stop=should_stop,
         )
+        fit.method = fit.params["method"] = spec.name  # one pipeline may serve several entries
     else:
         fit = _fit_and_name(spec, req, init, tol, max_iter, seed, progress, should_stop, t0)
     if req.rule is not None:
@@ -385,6 +393,8 @@ def _check_request(
     options = spec.make_options(given)
     rule = resolve_rule(presence)
     images, roi_mask, channels = check_volume(images, roi, channels)
+    if clip_percentiles is not None and extreme == "refuse":  # every method family, up front
+        _refuse_extreme(images[roi_mask], channels, clip_percentiles)
     z_dim = images.shape[0]
     counts = roi_mask.reshape(z_dim, -1).sum(1)
     total = int(counts.sum())
@@ -440,6 +450,27 @@ def _check_request(
         clip_percentiles,
         extreme,
     )
+
+
+def _refuse_extreme(
+    pixels: np.ndarray, channels: tuple[str, ...], percentiles: tuple[float, float]
+) -> None:
+    """Raise :class:`ExtremeIntensityError` for extreme ``(P, C)`` ROI intensities."""
+    from types import SimpleNamespace
+
+    from napari_gmmseg.preprocess import SliceBatch, _clip_channels
+
+    _, _, bounds, _, n_extreme = _clip_channels(pixels.astype(np.float64), percentiles)
+    view = SimpleNamespace(
+        clip_bounds=bounds, n_extreme=n_extreme, clip_percentiles=percentiles, channels=channels
+    )
+    message = SliceBatch.extreme_message(view)
+    if message is not None:
+        names = tuple(c for c, n in zip(channels, n_extreme, strict=True) if n)
+        raise ExtremeIntensityError(
+            f"{message}; refused (pass extreme='clip', CLI --extreme clip, to clip them and go on)",
+            names,
+        )
 
 
 def _run_method(
@@ -610,10 +641,12 @@ def segment_case(
     ----------
     case : napari_gmmseg.io.Case
         The loaded case (images, channel names, optional ground-truth labels).
-    roi : "gt", None or numpy.ndarray, default "gt"
-        ``"gt"``: the LV ROI from the case's ground-truth mask (``roi_labels``); None:
-        whole slices; an array: a ``(Z, Y, X)`` bool mask, or a label map from which
-        ``roi_labels`` are taken when it is not boolean.
+    roi : "gt", "auto", None or numpy.ndarray, default "gt"
+        ``"gt"``: the LV ROI from the case's ground-truth mask (``roi_labels``);
+        ``"auto"``: found from the bSSFP image (:func:`napari_gmmseg.autoroi.find_roi`;
+        slices failing its QC are not segmented, the QC goes to
+        ``params["roi_qc"]``); None: whole slices; an array: a ``(Z, Y, X)`` bool
+        mask, or a label map from which ``roi_labels`` are taken when it is not boolean.
     roi_labels : sequence of int, default (500, 200, 1220, 2221)
         Label values that make up the ROI.
     **kw
@@ -629,9 +662,17 @@ def segment_case(
     RoiError
         ``roi="gt"`` on a case without ground truth, or an unusable ROI.
     """
-    if isinstance(roi, str):
+    qc = None
+    if isinstance(roi, str) and roi == "auto":
+        from napari_gmmseg.autoroi import find_roi
+
+        auto = find_roi(case.images, case.channels, case.spacing_mm)
+        if not auto.roi.any():
+            raise RoiError(f"case {case.case_id}: the automatic ROI fails QC on every slice")
+        roi_mask, qc = auto.roi, [q.as_row() for q in auto.qc]
+    elif isinstance(roi, str):
         if roi != "gt":
-            raise RoiError(f"roi must be 'gt', None or an array, got {roi!r}")
+            raise RoiError(f"roi must be 'gt', 'auto', None or an array, got {roi!r}")
         if case.labels is None:
             raise RoiError(
                 f"case {case.case_id} has no ground-truth mask for roi='gt'; pass roi=None "
@@ -644,12 +685,16 @@ def segment_case(
         roi_arr = np.asarray(roi)
         roi_mask = roi_arr if roi_arr.dtype == bool else np.isin(roi_arr, np.asarray(roi_labels))
     kw.setdefault("channels", case.channels)
+    if get_method(kw.get("method", DEFAULT_METHOD)).accepts("spacing_mm"):
+        kw.setdefault("spacing_mm", case.spacing_mm)  # pipelines with radii in mm
     try:
         fit = segment(case.images, roi_mask, **kw)
     except ExtremeIntensityError as exc:
         raise with_sources(exc, case.sources) from None
     fit.params["case_id"] = case.case_id
     fit.params["roi"] = roi if isinstance(roi, str) or roi is None else "array"
+    if qc is not None:
+        fit.params["roi_qc"] = qc
     if isinstance(roi, str) or roi is not None:
         fit.params["roi_labels"] = [int(v) for v in roi_labels]
     return fit

@@ -188,6 +188,8 @@ class LayerCombo(QComboBox):
         Extra filter on a layer.
     allow_none : str, optional
         Text of a leading "no layer" entry.
+    extra : str, optional
+        Text of a trailing entry that stands for no layer (e.g. "automatic").
     """
 
     def __init__(
@@ -197,12 +199,14 @@ class LayerCombo(QComboBox):
         accept: Callable[[Any], bool] | None = None,
         allow_none: str | None = None,
         parent=None,
+        extra: str | None = None,
     ) -> None:
         super().__init__(parent)
         self._viewer = viewer
         self._types = types
         self._accept = accept
         self._allow_none = allow_none
+        self._extra = extra
         self._layers: list[Any] = []
         self.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.setMinimumContentsLength(12)
@@ -217,6 +221,7 @@ class LayerCombo(QComboBox):
     def refresh(self, *_args) -> None:
         """Re-list the layers, keeping the current choice when it still exists."""
         current = self.layer()
+        on_extra = self._extra is not None and self.currentText() == self._extra
         layers = [lay for lay in reversed(list(self._viewer.layers)) if self._wanted(lay)]
         for lay in layers:
             # follow renames; connecting twice is harmless (napari de-duplicates)
@@ -230,8 +235,13 @@ class LayerCombo(QComboBox):
         for lay in layers:
             self.addItem(lay.name)
             self._layers.append(lay)
+        if self._extra is not None:
+            self.addItem(self._extra)
+            self._layers.append(None)
         if current is not None and current in self._layers:
             self.setCurrentIndex(self._layers.index(current))
+        elif on_extra:
+            self.setCurrentIndex(len(self._layers) - 1)
         self.blockSignals(False)
         self.currentIndexChanged.emit(self.currentIndex())
 

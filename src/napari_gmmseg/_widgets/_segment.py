@@ -39,6 +39,13 @@ from qtpy.QtWidgets import (
 )
 
 from napari_gmmseg import __version__
+from napari_gmmseg._widgets._autoroi import (
+    AUTO_CHOICE,
+    AUTO_LAYER_NAME,
+    add_auto_layer,
+    is_auto_layer,
+    roi_of_auto_layer,
+)
 from napari_gmmseg._widgets._common import (
     FIT_KEY,
     INPUTS_KEY,
@@ -55,6 +62,7 @@ from napari_gmmseg._widgets._common import (
     tissue_features,
     value_name,
 )
+from napari_gmmseg.autoroi import format_qc
 from napari_gmmseg.errors import GeometryError, GmmSegError, ModelError, RoiError
 from napari_gmmseg.labels import CLASSES, LV_ROI_VALUES
 from napari_gmmseg.labels import DEFAULT_CHANNELS as _CASE_CHANNELS
@@ -256,10 +264,14 @@ class SegmentWidget(QWidget):
         form.addRow("Channels", self.channel_list)
 
         self.roi_layer = LayerCombo(
-            napari_viewer, (napari.layers.Labels, napari.layers.Shapes), accept=self._roi_ok
+            napari_viewer,
+            (napari.layers.Labels, napari.layers.Shapes),
+            accept=self._roi_ok,
+            extra=AUTO_CHOICE,
         )
         self.roi_layer.setToolTip(
-            "Labels layer (choose its values below) or Shapes layer with a polygon"
+            "Labels layer (choose its values below), Shapes layer with a polygon, or "
+            "automatic: LV found from the bSSFP layer, added as an editable Labels layer"
         )
         form.addRow("ROI", self.roi_layer)
         self.roi_values = CheckList(rows=5)
@@ -268,9 +280,15 @@ class SegmentWidget(QWidget):
         self.roi_all_slices.setToolTip(
             "Use the drawn shape on all slices (otherwise only on the slice it was drawn on)"
         )
-        self.roi_hint = QLabel("add a Labels layer or draw a polygon in a Shapes layer")
+        self.roi_hint = QLabel(
+            f"Run adds the LV found in bSSFP as '{AUTO_LAYER_NAME}' (edit it with the brush; "
+            "a re-run uses it)"
+        )
         self.roi_hint.setWordWrap(True)
-        for w in (self.roi_values, self.roi_all_slices, self.roi_hint):
+        self.roi_qc = QLabel("")
+        self.roi_qc.setWordWrap(True)
+        self.roi_qc.setVisible(False)
+        for w in (self.roi_values, self.roi_all_slices, self.roi_hint, self.roi_qc):
             form.addRow("", w)
         layout.addWidget(box)
 
@@ -450,7 +468,9 @@ class SegmentWidget(QWidget):
         if layer is self._roi_shown and layer is not None:
             return  # a re-listing of the same layer keeps the user's choice of values
         self._roi_shown = layer
-        if isinstance(layer, napari.layers.Labels):
+        if is_auto_layer(layer):
+            self._show_roi_option(None)  # its QC, once computed
+        elif isinstance(layer, napari.layers.Labels):
             values = np.unique(np.asarray(layer.data))
             values = [int(v) for v in values if v != 0]
             default = [v for v in values if v in LV_ROI_VALUES] or values
@@ -464,6 +484,7 @@ class SegmentWidget(QWidget):
     def _show_roi_option(self, widget) -> None:
         for w in (self.roi_values, self.roi_all_slices, self.roi_hint):
             w.setVisible(w is widget)
+        self.roi_qc.setVisible(is_auto_layer(self.roi_layer.layer()) and bool(self.roi_qc.text()))
 
     def _method_changed(self, *_args) -> None:
         method = self.method.currentData()
@@ -535,9 +556,23 @@ class SegmentWidget(QWidget):
         zyx = images.shape[:3]
 
         roi_layer = self.roi_layer.layer()
+        channels = tuple(channel_name(lay) for lay in layers)
+        if roi_layer is None and self.roi_layer.currentText() == AUTO_CHOICE:
+            roi_layer, _ = add_auto_layer(self.viewer, images, channels, reference)
+            self.roi_layer.set_layer(roi_layer)
         if roi_layer is None:
             raise RoiError("no ROI: choose a Labels layer or draw a polygon in a Shapes layer")
-        if isinstance(roi_layer, napari.layers.Labels):
+        if is_auto_layer(roi_layer):
+            if np.asarray(roi_layer.data).shape[-3:] != zyx:
+                raise GeometryError(f"'{roi_layer.name}' does not match the channels {zyx}")
+            roi, qc = roi_of_auto_layer(roi_layer, reference)
+            self.roi_qc.setText(format_qc(qc))
+            self.roi_qc.setVisible(True)
+            skipped = [q.slice for q in qc if not q.ok]
+            description = f"{roi_layer.name} (QC skipped slices {skipped or 'none'})"
+            if not roi.any():
+                raise RoiError(f"'{roi_layer.name}' fails QC on every slice:\n{format_qc(qc)}")
+        elif isinstance(roi_layer, napari.layers.Labels):
             data = np.asarray(roi_layer.data)
             data = data[None] if data.ndim == 2 else data
             if data.shape != zyx:
@@ -579,7 +614,7 @@ class SegmentWidget(QWidget):
         return SegmentRequest(
             images=images,
             roi=roi,
-            channels=tuple(channel_name(lay) for lay in layers),
+            channels=channels,
             channel_layers=list(layers),
             reference=reference,
             kwargs=kwargs,

@@ -16,7 +16,15 @@ from collections.abc import Sequence
 from napari_gmmseg._version import __version__
 
 #: Sub-command modules, in the order ``--help`` lists them.
-COMMAND_MODULES: tuple[str, ...] = ("segment", "evaluate", "demo", "phantom", "train", "mu_data")
+COMMAND_MODULES: tuple[str, ...] = (
+    "segment",
+    "evaluate",
+    "demo",
+    "phantom",
+    "train",
+    "mu_data",
+    "prior",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from napari_gmmseg.methods import COVARIANCE_TYPES, METHODS
+from napari_gmmseg.methods import COVARIANCE_TYPES, DEFAULT_METHOD, METHODS
 
 #: Methods known to the engine (the registry; importing it does not import torch).
 KNOWN_METHODS = tuple(METHODS)
@@ -90,10 +90,7 @@ def print_report(result, out: Path) -> None:
 def _run(args: argparse.Namespace) -> int:
     from napari_gmmseg.batch import evaluate_dataset
 
-    methods = parse_methods(args)
-    if not methods:
-        print("napari-gmmseg evaluate: error: give --method M or --methods a,b,c", file=sys.stderr)
-        return 2
+    methods = parse_methods(args) or [DEFAULT_METHOD]
     out = Path(args.out)
     from napari_gmmseg.io import check_output
 
@@ -134,13 +131,16 @@ def register(subparsers) -> None:
         ),
     )
     p.add_argument("dataset", help="dataset folder")
-    p.add_argument("--method", help=f"one method: {', '.join(KNOWN_METHODS)}")
+    p.add_argument(
+        "--method", help=f"one method (default {DEFAULT_METHOD}): {', '.join(KNOWN_METHODS)}"
+    )
     p.add_argument("--methods", help="comma-separated methods, e.g. gmm,svgmm,deepsvg")
     p.add_argument("--out", default="evaluation", help="output folder (default ./evaluation)")
     p.add_argument(
         "--roi",
         default="gt",
-        help="gt (ground-truth LV: 500, 200, 1220, 2221; default), a mask file on the case "
+        help="gt (ground-truth LV: 500, 200, 1220, 2221; default), auto (found from the "
+        "bSSFP image; QC and ROI Dice in OUT/auto_roi/), a mask file on the case "
         "grid, or a folder with one mask per case (case id in the file name)",
     )
     p.add_argument("--force", action="store_true", help="re-segment cases already written")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from napari_gmmseg.methods import COVARIANCE_TYPES, INITS, METHODS
+from napari_gmmseg.methods import COVARIANCE_TYPES, DEFAULT_METHOD, INITS, METHODS
 
 
 def register(subparsers) -> None:
@@ -28,7 +28,13 @@ def register(subparsers) -> None:
     g.add_argument(
         "--roi",
         metavar="MASK",
-        help="ROI mask: a MyoPS label map (the --roi-labels values are taken) or a binary mask",
+        help="ROI mask: a MyoPS label map (the --roi-labels values are taken) or a binary "
+        "mask; 'auto': found from the bSSFP image (slices failing QC are skipped)",
+    )
+    g.add_argument(
+        "--roi-out",
+        metavar="F.nii.gz",
+        help="with --roi auto: also write the automatic ROI (500/200/600; edit it, pass it as --roi)",
     )
     g.add_argument(
         "--roi-labels",
@@ -42,7 +48,12 @@ def register(subparsers) -> None:
     g.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     g.add_argument("--quiet", action="store_true", help="no progress or summary on stderr/stdout")
     m = p.add_argument_group("method")
-    m.add_argument("--method", choices=tuple(METHODS), default="gmm")
+    m.add_argument(
+        "--method",
+        choices=tuple(METHODS),
+        default=DEFAULT_METHOD,
+        help=f"default {DEFAULT_METHOD} (best cross-validated); gmm, svgmm, ... are the paper's",
+    )
     m.add_argument("--classes", type=int, default=4, help="mixture components K")
     m.add_argument("--init", choices=INITS, default="kmeans++", help="EM initialisation")
     m.add_argument(
@@ -99,7 +110,9 @@ def run(args: argparse.Namespace) -> int:
         raise CaseLoadError("give at least one of --bssfp, --lge, --t2")
     case = io.load_case_from_paths(sequences, frame=args.frame)
     roi = None
-    if args.roi:
+    if args.roi == "auto":
+        roi = _auto_roi(case, args)
+    elif args.roi:
         try:
             values = [int(v) for v in str(args.roi_labels).split(",") if v.strip()]
         except ValueError as exc:
@@ -130,6 +143,10 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
 
+    from napari_gmmseg.methods import get_method
+
+    if get_method(args.method).accepts("spacing_mm"):
+        options["spacing_mm"] = case.spacing_mm  # the wall-first radii are in mm
     try:
         fit = _segment(segment, case, roi, args, presence, report, options)
     except ExtremeIntensityError as exc:
@@ -177,3 +194,23 @@ def _segment(segment, case, roi, args, presence, report, options):
         extreme=args.extreme,
         **options,
     )
+
+
+def _auto_roi(case, args: argparse.Namespace):
+    """``--roi auto``: the automatic ROI, its QC on stderr, optionally written (--roi-out)."""
+    from pathlib import Path
+
+    from napari_gmmseg import io
+    from napari_gmmseg.autoroi import find_roi, format_qc
+    from napari_gmmseg.errors import OutputExistsError, RoiError
+
+    if args.roi_out and Path(args.roi_out).exists() and not args.force:
+        raise OutputExistsError(f"{args.roi_out} exists (use --force to overwrite)")
+    auto = find_roi(case.images, case.channels, case.spacing_mm)
+    if not args.quiet:
+        print(f"automatic ROI ({auto.seconds:.1f} s):\n{format_qc(auto.qc)}", file=sys.stderr)
+    if args.roi_out:
+        io.save_labels(auto.labels, case.geometry, args.roi_out, overwrite=args.force)
+    if not auto.roi.any():
+        raise RoiError("the automatic ROI fails QC on every slice: draw or give a mask (--roi)")
+    return auto.roi

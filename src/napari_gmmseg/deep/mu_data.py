@@ -77,7 +77,7 @@ class MuData:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         try:
-            with os.fdopen(fd, "w") as fh:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
                 json.dump(self.to_json(), fh, indent=2)
                 fh.write("\n")
             os.replace(tmp, path)
@@ -109,7 +109,7 @@ def load_mu_data(path: str | os.PathLike) -> MuData:
     """
     path = Path(path)
     try:
-        d = json.loads(path.read_text())
+        d = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ModelError(f"mu_data file {path} does not exist") from exc
     except (OSError, ValueError) as exc:

@@ -1,0 +1,158 @@
+"""Cross-validated quality on a labelled dataset: leave-one-case-out, labels as named.
+
+For every held-out case the tissue prior (:func:`napari_gmmseg.prior.learn_prior`) is
+learned on the *other* cases only; the held-out case is segmented with the GT LV ROI
+(500 + 200 + 1220 + 2221) and scored as named (no matching to the ground truth):
+
+- per case scar Dice and scar ∪ edema Dice (the MyoPS 2020 metrics; a case whose
+  prediction and ground truth have no scar scores 1, one of them empty 0);
+- per-slice mean Dice: the mean over slices of the mean Dice of the four classes
+  (blood pool, myocardium, edema, scar) present in the prediction or the ground truth;
+- burden per case (% of LV myocardium): mean absolute error and bias, scar and edema;
+- scar-free slices (ground truth) that get no scar, and scar Dice on the slices with scar;
+- seconds per case (fit only, this machine).
+
+Usage::
+
+    python benchmarks/cv_quality.py ../shared/data/myops_dev --out cv_quality.md
+
+The paper's methods (``gmm``, ``svgmm``) run through :func:`napari_gmmseg.segment.segment_case`
+with the held-out prior for naming; the wall-first rows differ from the default in one
+option each (the ablation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+#: name -> (method, options): the default pipeline, its ablations and the paper's methods.
+CONFIGS: dict[str, tuple[str, dict]] = {
+    "gmm-prior (default)": ("gmm-prior", {}),
+    "gmm-prior, prior off (ML EM from prior means)": ("gmm-prior", {"strength": 0.0}),
+    "gmm-prior, prior 1.0": ("gmm-prior", {"strength": 1.0}),
+    "gmm-prior, presence off": ("gmm-prior", {"lesion_presence": False}),
+    "gmm-prior, rim rule off": ("gmm-prior", {"rim_rule": False}),
+    "gmm-prior, MRF on (beta 0.5)": ("gmm-prior", {"beta": 0.5}),
+    "gmm-prior + wall-first stage 1": ("gmm-prior", {"wall_first": True}),
+    "wall-first": ("wall-first", {}),
+    "wall-first, prior off (ML EM from prior means)": ("wall-first", {"strength": 0.0}),
+    "wall-first, engine gmm as stage 2": ("wall-first", {"mixture": "gmm"}),
+    "wall-first, engine svgmm as stage 2": ("wall-first", {"mixture": "svgmm"}),
+    "wall-first, MRF on (beta 0.5)": ("wall-first", {"beta": 0.5}),
+    "wall-first, strong prior (strength 0.5)": ("wall-first", {"strength": 0.5}),
+    "wall-first, presence off": ("wall-first", {"lesion_presence": False}),
+    "wall-first, rim rule off": ("wall-first", {"rim_rule": False}),
+    "wall-first, T2 veto in stage 1": ("wall-first", {"t2_veto": True}),
+    "gmm (paper)": ("gmm", {}),
+    "svgmm (paper)": ("svgmm", {}),
+}
+
+
+def _dice(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Dice of two bool masks; 1 when both are empty."""
+    s = pred.sum() + gt.sum()
+    return 1.0 if s == 0 else float(2 * (pred & gt).sum() / s)
+
+
+def score_case(labels: np.ndarray, gt: np.ndarray, spacing_mm) -> dict:
+    """As-named scores of one case (see the module docstring)."""
+    from napari_gmmseg.metrics import burden, dice
+
+    scar_p, scar_g = labels == 2221, gt == 2221
+    les_p, les_g = np.isin(labels, (1220, 2221)), np.isin(gt, (1220, 2221))
+    per_slice = dice(labels, gt, (500, 200, 1220, 2221), per_slice=True)
+    fitted = np.isin(gt, (500, 200, 1220, 2221)).reshape(gt.shape[0], -1).any(1)
+    bp, bg = burden(labels, spacing_mm), burden(gt, spacing_mm)
+    has_scar = scar_g.reshape(gt.shape[0], -1).any(1) & fitted
+    free = ~scar_g.reshape(gt.shape[0], -1).any(1) & fitted
+    cleared = ~scar_p.reshape(gt.shape[0], -1).any(1) & free
+    scar_slices = [_dice(scar_p[z], scar_g[z]) for z in np.nonzero(has_scar)[0]]
+    return {
+        "scar_dice": _dice(scar_p, scar_g),
+        "lesion_dice": _dice(les_p, les_g),
+        "slice_dice": [float(np.nanmean(r)) for r in per_slice[fitted]],
+        "scar_err": bp["scar_pct"] - bg["scar_pct"],
+        "edema_err": bp["edema_pct"] - bg["edema_pct"],
+        "free": int(free.sum()),
+        "cleared": int(cleared.sum()),
+        "scar_slice_dice": scar_slices,
+    }
+
+
+def run(dataset: str, configs: list[str], seed: int = 0) -> dict[str, list[dict]]:
+    """Leave-one-case-out scores of every config: ``{config: [case scores]}``."""
+    from napari_gmmseg.io import discover_cases
+    from napari_gmmseg.labels import LV_ROI_VALUES
+    from napari_gmmseg.prior import learn_prior
+    from napari_gmmseg.segment import segment_case
+
+    cases = [s.load() for s in discover_cases(dataset)]
+    out: dict[str, list[dict]] = {c: [] for c in configs}
+    for i, case in enumerate(cases):
+        prior = learn_prior([c for j, c in enumerate(cases) if j != i])  # training folds only
+        gt = np.where(np.isin(case.labels, LV_ROI_VALUES), case.labels, 0)
+        for name in configs:
+            method, opts = CONFIGS[name]
+            t0 = time.perf_counter()
+            fit = segment_case(case, method=method, seed=seed, prior=prior, device="cpu", **opts)
+            sec = time.perf_counter() - t0
+            row = score_case(fit.labels, gt, case.spacing_mm)
+            row.update(case=case.case_id, seconds=sec)
+            out[name].append(row)
+        print(f"case {case.case_id} done", flush=True)
+    return out
+
+
+def table(results: dict[str, list[dict]]) -> str:
+    """Markdown table of the per-config summary."""
+    head = (
+        "| leave-one-case-out, as named | scar Dice per case | scar ∪ edema Dice per case "
+        "| per-slice mean Dice | scar burden MAE / bias | edema burden MAE / bias "
+        "| scar-free slices cleared | scar Dice, slices with scar | s per case |\n"
+        "|---|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for name, rows in results.items():
+        se = np.array([r["scar_err"] for r in rows])
+        ee = np.array([r["edema_err"] for r in rows])
+        free = sum(r["free"] for r in rows)
+        cleared = sum(r["cleared"] for r in rows)
+        lines.append(
+            f"| {name} | {np.mean([r['scar_dice'] for r in rows]):.3f} "
+            f"| {np.mean([r['lesion_dice'] for r in rows]):.3f} "
+            f"| {np.mean([d for r in rows for d in r['slice_dice']]):.3f} "
+            f"| {np.abs(se).mean():.1f} / {se.mean():+.1f} | {np.abs(ee).mean():.1f} / {ee.mean():+.1f} "
+            f"| {cleared}/{free} ({100 * cleared / max(free, 1):.0f} %) "
+            f"| {np.mean([d for r in rows for d in r['scar_slice_dice']]):.3f} "
+            f"| {np.mean([r['seconds'] for r in rows]):.2f} |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    """Command-line entry point."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("dataset")
+    ap.add_argument("--configs", default=";".join(CONFIGS), help="';'-separated config names")
+    ap.add_argument("--out", help="markdown file to write (with a JSON of the per-case rows)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    configs = [c for c in args.configs.split(";") if c]
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        raise SystemExit(f"unknown configs {unknown}; known: {list(CONFIGS)}")
+    results = run(args.dataset, configs, args.seed)
+    md = table(results)
+    print(md)
+    if args.out:
+        Path(args.out).write_text(md)
+        Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()
