@@ -327,7 +327,7 @@ def test_presence_rule_is_applied_recorded_and_guards_resume(first_run, sample_d
     out0, _, _ = first_run
     out = tmp_path / "eval"
     shutil.copytree(out0, out)
-    # reusing maps made with other options is allowed but warned about
+    # maps made with other options are never mixed in: refused with a message naming them
     res = evaluate_dataset(
         sample_data_dir,
         ["gmm"],
@@ -337,8 +337,8 @@ def test_presence_rule_is_applied_recorded_and_guards_resume(first_run, sample_d
         plots=False,
         presence="pv-contrast",
     )
-    assert {o.status for o in res.outcomes} == {"skipped"}
-    assert len(res.summary["warnings"]) == len(res.outcomes)
+    assert {o.status for o in res.outcomes} == {"failed"}
+    assert all("other options" in o.error and "presence" in o.error for o in res.outcomes)
     assert res.summary["presence"]["rule"] == "pv-contrast"
     res = evaluate_dataset(
         sample_data_dir,
@@ -366,3 +366,51 @@ def test_em_and_deep_only_options_reach_only_their_methods():
     assert _method_kwargs("deepsvg", options) == {"seed": 1, "max_epochs": 2}
     args = build_parser().parse_args(["evaluate", "data", "--out", "o", "--n-init", "5"])
     assert method_options(args)["n_init"] == 5
+
+
+def test_resume_refuses_maps_made_with_another_seed(first_run, sample_data_dir, tmp_path):
+    out0, _, _ = first_run
+    out = tmp_path / "eval"
+    shutil.copytree(out0, out)
+    label = next((out / "gmm").glob("*.nii.gz"))
+    before = label.read_bytes()
+    res = evaluate_dataset(
+        sample_data_dir, ["gmm"], out, progress=False, options={**FAST_OPTIONS, "seed": 1},
+        plots=False,
+    )  # fmt: skip
+    assert {o.status for o in res.outcomes} == {"failed"}
+    assert all("seed=0 (now 1)" in o.error and "--force" in o.error for o in res.outcomes)
+    assert label.read_bytes() == before  # nothing overwritten unasked
+    # no --seed is the same request as the default seed 0 written out
+    no_seed = {k: v for k, v in FAST_OPTIONS.items() if k != "seed"}
+    res = evaluate_dataset(
+        sample_data_dir, ["gmm"], out, progress=False, options=no_seed, plots=False
+    )
+    assert {o.status for o in res.outcomes} == {"skipped"}
+
+
+def test_truncated_or_unreadable_outputs_are_redone(first_run, sample_data_dir, tmp_path):
+    out0, _, _ = first_run
+    out = tmp_path / "eval"
+    shutil.copytree(out0, out)
+    labels = sorted((out / "gmm").glob("*.nii.gz"))
+    labels[0].write_bytes(labels[0].read_bytes()[:100])  # truncated map
+    labels[-1].with_name(labels[-1].name.replace(".nii.gz", ".json")).write_text("{")  # bad sidecar
+    res = evaluate_dataset(
+        sample_data_dir, ["gmm"], out, progress=False, options=FAST_OPTIONS, plots=False
+    )
+    assert res.failures == []
+    status = {o.case_id: o.status for o in res.outcomes}
+    assert status[labels[0].name.split(".")[0]] == "segmented"
+    assert status[labels[-1].name.split(".")[0]] == "segmented"
+    assert (out / "metrics.csv").read_text() == (out0 / "metrics.csv").read_text()
+
+
+def test_unknown_case_ids_are_an_error_listing_them(sample_data_dir, tmp_path):
+    from napari_gmmseg.errors import CaseLoadError
+
+    with pytest.raises(CaseLoadError, match=r"no case \['9999'\]; the cases are 1001"):
+        evaluate_dataset(
+            sample_data_dir, ["gmm"], tmp_path / "e", cases=["1001", "9999"], progress=False
+        )
+    assert not (tmp_path / "e").exists()  # refused before any work

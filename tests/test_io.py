@@ -271,12 +271,22 @@ def test_4d_file_needs_frame(tmp_path):
     for tag in ("C0", "DE", "T2"):
         cine = rng.integers(1, 100, (24, 20, 3, 4)).astype(np.int16)  # X, Y, Z, T
         nib.save(nib.Nifti1Image(cine, AFFINE), str(p[tag]))
-    with pytest.raises(CaseLoadError, match=r"pat7_C0\.nii\.gz: is a 4-D image.*frame=0\.\.3"):
+    with pytest.raises(CaseLoadError, match=r"pat7_C0\.nii\.gz: is a 4-D image.*frame 0\.\.3"):
         io.load_case(p["C0"])
     case = io.load_case(p["C0"], frame=2)
     np.testing.assert_array_equal(case.images[..., 2], cine[..., 2].transpose(2, 1, 0))
     with pytest.raises(CaseLoadError, match="frame 7 out of range"):
         io.load_case(p["C0"], frame=7)
+    # the hint names an option that exists: segment --frame
+    from napari_gmmseg.cli import main
+
+    out = tmp_path / "seg.nii.gz"
+    args = ["segment", "--bssfp", str(p["C0"]), "--lge", str(p["DE"]), "--out", str(out)]
+    with pytest.raises(CaseLoadError, match="--frame F"):
+        io.load_case(p["C0"])
+    assert main([*args, "--quiet", "--max-iter", "3"]) == 1 and not out.exists()
+    assert main([*args, "--quiet", "--max-iter", "3", "--frame", "2"]) == 0
+    assert io.read_labels(out).shape == case.shape
 
 
 def test_nan_inf_refused(tmp_path):
@@ -395,3 +405,20 @@ def test_case_folder_named_with_a_tag_is_not_a_series(tmp_path):
     cases = io.discover_cases(tmp_path)
     assert [c.case_id for c in cases] == ["patient_de_01/scan", "patient_t2_02/scan"]
     assert [c.mask.parent.name for c in cases] == ["patient_de_01", "patient_t2_02"]
+
+
+def test_roi_from_mask_refuses_unknown_values_instead_of_shrinking_the_roi():
+    from napari_gmmseg.errors import RoiError
+    from napari_gmmseg.io import roi_from_mask
+
+    lab = np.zeros((2, 4, 4), dtype=np.int16)
+    lab[0, :2] = 500
+    lab[0, 2:] = 200
+    np.testing.assert_array_equal(roi_from_mask(lab), lab > 0)
+    np.testing.assert_array_equal(roi_from_mask(lab > 0), lab > 0)  # binary as it is
+    lab[1, 0, 0] = 7
+    with pytest.raises(RoiError, match=r"m.nii.gz: mask holds values \[7\].*--roi-labels"):
+        roi_from_mask(lab, name="m.nii.gz")
+    assert roi_from_mask(lab, (500, 200, 7))[1, 0, 0]  # named: part of the ROI
+    with pytest.raises(RoiError, match="no voxel"):
+        roi_from_mask(np.where(lab == 7, 0, lab), (1220,))

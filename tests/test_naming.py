@@ -113,3 +113,26 @@ def test_naming_agrees_with_ground_truth_on_real_slices(real_data_dir):
     assert same_comp / total >= 0.65
     assert blood_ok >= 0.85 * n_slices
     assert myo_ok >= 0.7 * n_slices
+
+
+def test_what_naming_does_with_k_other_than_four_is_said_or_refused():
+    from napari_gmmseg.errors import ModelError
+    from napari_gmmseg.naming import MAX_COMPONENTS_PER_CLASS, check_n_components
+    from napari_gmmseg.phantom import make_case
+    from napari_gmmseg.segment import segment
+
+    assert check_n_components(4) is None
+    assert "only 3 of the 4" in check_n_components(3)
+    assert "merged" in check_n_components(6)
+    with pytest.raises(ModelError, match="one component cannot be named"):
+        check_n_components(1)
+    with pytest.raises(ModelError, match="at most 12"):
+        check_n_components(MAX_COMPONENTS_PER_CLASS * 4 + 1)
+    case = make_case(0, n_slices=1, size=64)
+    with pytest.raises(ModelError, match="one component"):
+        segment(case.images, case.roi(), n_classes=1, device="cpu")  # was: all edema
+    with pytest.raises(ModelError, match="per tissue class"):
+        segment(case.images, case.roi(), n_classes=50, device="cpu")  # was: silent collapse
+    with pytest.warns(UserWarning, match="merged into the class"):
+        fit = segment(case.images, case.roi(), n_classes=5, max_iter=5, device="cpu")
+    assert set(np.unique(fit.labels[case.roi()])) <= {200, 500, 1220, 2221}

@@ -66,8 +66,9 @@ def _volume(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("normalize", ["roi", "none"])
 def test_packing_is_bit_identical_to_the_reference(per_slice, normalize):
     images, roi = _volume()
+    # the reference is the plain z-score (the robust statistics: tests/test_preprocess.py)
     b = SliceBatch.from_volume(
-        images, roi, per_slice=per_slice, normalize=normalize, device="cpu"
+        images, roi, per_slice=per_slice, normalize=normalize, clip_percentiles=None, device="cpu"
     )  # fmt: skip
     x, valid, loc, scale, volume_index = _reference_pack(images, roi, per_slice, normalize)
     assert b.x.numpy().tobytes() == x.tobytes()
@@ -82,7 +83,7 @@ def test_packing_is_bit_identical_to_the_reference(per_slice, normalize):
 def test_packing_without_padding_is_a_reshape():
     images, _ = _volume()
     roi = np.ones(images.shape[:3], dtype=bool)
-    b = SliceBatch.from_volume(images, roi, device="cpu")
+    b = SliceBatch.from_volume(images, roi, clip_percentiles=None, device="cpu")
     x, _valid, _loc, _scale, _volume_index = _reference_pack(images, roi, True, "roi")
     assert b.x.numpy().tobytes() == x.tobytes() and bool(b.valid.all())
     np.testing.assert_array_equal(b.volume_index.ravel(), np.arange(roi.size))
@@ -134,10 +135,14 @@ def test_segment_labels_are_bit_identical_to_the_reference_pipeline():
 
     case = make_case(2, n_slices=3, size=64)
     roi = case.roi()
-    fit = segment(case.images, roi, channels=case.channels, seed=1, device="cpu")
+    fit = segment(
+        case.images, roi, channels=case.channels, seed=1, device="cpu", clip_percentiles=None
+    )
 
     x, valid, _loc, _scale, volume_index = _reference_pack(case.images, roi, True, "roi")
-    fast = SliceBatch.from_volume(case.images, roi, channels=case.channels, device="cpu")
+    fast = SliceBatch.from_volume(
+        case.images, roi, channels=case.channels, clip_percentiles=None, device="cpu"
+    )
     ref = SliceBatch(
         **{**fast.__dict__, "x": torch.from_numpy(x), "valid": torch.from_numpy(valid)},
     )

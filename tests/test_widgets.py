@@ -196,17 +196,34 @@ def test_errors_show_a_message_and_create_nothing(make_napari_viewer_proxy, qtbo
     assert widget.last_output is None
 
 
-def test_cancel_stops_and_keeps_finished_slices(make_napari_viewer_proxy, qtbot, case, errors):
+def test_cancel_stops_and_keeps_finished_slices(
+    make_napari_viewer_proxy, qtbot, case, errors, monkeypatch
+):
+    import napari_gmmseg.segment as core
+
     viewer = make_napari_viewer_proxy()
     add_case(viewer, case)
     widget = segment_widget(viewer, "svgmm", max_iter=100_000)
     # at this tolerance slices 1 and 2 converge after ~30 iterations, slice 0 after ~200
     widget.tol.setText("1e-7")
     cancelled_at = []
+    real_segment = core.segment
+
+    def segment_cancelled_on_first_slice(*args, progress=None, **kw):
+        # Deterministic: the cancel reaches the core from its own progress report, in the
+        # core's thread, so the fit cannot run on (and converge) before the GUI sees it.
+        def report(p):
+            if p.slices_done >= 1:
+                widget._stop.set()
+            progress(p)
+
+        return real_segment(*args, progress=report, **kw)
+
+    monkeypatch.setattr(core, "segment", segment_cancelled_on_first_slice)
 
     def on_progress(p):
         if p.slices_done >= 1 and not cancelled_at:
-            widget.cancel()
+            widget.cancel()  # the button's path: disables Cancel, says "cancelling"
             cancelled_at.append(time.perf_counter())
 
     widget.run()
@@ -452,3 +469,98 @@ def test_method_option_rows_come_from_the_options_dataclass(make_napari_viewer_p
     form.widget("lr").value = "-1"
     with pytest.raises(ModelError, match="lr must be > 0"):
         widget.build_request()
+
+
+def test_all_five_docks_fit_a_1600x1000_screen(make_napari_viewer_proxy, qtbot):
+    from napari_gmmseg._widgets import (
+        EvaluateWidget,
+        ExportWidget,
+        InspectWidget,
+        LoadCaseWidget,
+        SegmentWidget,
+    )
+
+    viewer = make_napari_viewer_proxy()
+    for cls in (LoadCaseWidget, SegmentWidget, InspectWidget, EvaluateWidget, ExportWidget):
+        dock(viewer, cls(viewer))
+    import warnings
+
+    with warnings.catch_warnings():  # the Qt main window is only reachable privately
+        warnings.simplefilter("ignore", FutureWarning)
+        window = viewer.window._qt_window
+    assert window.minimumSizeHint().height() <= 1000
+    window.resize(1600, 1000)
+    qtbot.wait(50)
+    assert window.height() <= 1000
+
+
+def test_numbers_are_cleared_when_their_layers_go(make_napari_viewer_proxy, qtbot, case, errors):
+    from napari_gmmseg._widgets import EvaluateWidget, ExportWidget
+
+    viewer = make_napari_viewer_proxy()
+    add_case(viewer, case)
+    export = dock(viewer, ExportWidget(viewer))
+    widget = segment_widget(viewer, "gmm", max_iter=20)
+    run_and_wait(qtbot, widget)
+    out = widget.last_output
+    assert export.layer_combo.currentText() == out.name  # the newest segmentation, not the mask
+    evaluate = dock(viewer, EvaluateWidget(viewer))
+    evaluate.seg_layer.set_layer(out)
+    evaluate.mask_layer.set_layer(viewer.layers["mask"])
+    evaluate.evaluate()
+    assert widget.table.rowCount() > 0 and evaluate.table.rowCount() > 0
+    viewer.layers.remove(out)
+    assert widget.table.rowCount() == 0 and widget.status.text() == ""
+    assert evaluate.table.rowCount() == 0 and evaluate.summary.text() == ""
+    assert errors == []
+
+
+def test_cancelled_deep_run_leaves_no_empty_layer(make_napari_viewer_proxy, qtbot, case, errors):
+    viewer = make_napari_viewer_proxy()
+    add_case(viewer, case)
+    widget = segment_widget(viewer, "deepg", max_iter=10_000)
+    before = len(viewer.layers)
+    widget.run()
+    widget.cancel()  # before any slice can finish: deep slices finish together
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    assert len(viewer.layers) == before
+    assert "nothing kept" in widget.status.text() and errors == []
+
+
+def test_iteration_defaults_are_those_of_the_core(make_napari_viewer_proxy):
+    from napari_gmmseg.deep.api import DEFAULTS
+    from napari_gmmseg.methods import DeepOptions
+
+    viewer = make_napari_viewer_proxy()
+    widget = segment_widget(viewer, "gmm")
+    assert widget.max_iter.value() == 100  # segment(max_iter=100)
+    widget.method.setCurrentIndex(widget.method.findData("deepsvg"))
+    # the CLI's and API's epoch limit (it was 50 in the dock)
+    assert widget.max_iter.value() == DeepOptions().max_epochs == DEFAULTS["max_epochs"] == 200
+    widget.method.setCurrentIndex(widget.method.findData("gmm"))
+    assert widget.max_iter.value() == 100
+
+
+def test_load_dock_replaces_the_case_picks_dataset_cases_and_shows_errors(
+    make_napari_viewer_proxy, sample_data_dir, tmp_path, errors
+):
+    from napari_gmmseg._reader import CASE_ID_KEY
+    from napari_gmmseg._widgets import LoadCaseWidget
+
+    viewer = make_napari_viewer_proxy()
+    widget = dock(viewer, LoadCaseWidget(viewer))
+    widget.case_path.setText(str(sample_data_dir))  # a dataset root: its cases are offered
+    assert widget.case_choice.count() == 2 and widget.case_choice.isEnabled()
+    widget.case_choice.setCurrentIndex(1)
+    widget.load()
+    ids = {lay.metadata.get(CASE_ID_KEY) for lay in viewer.layers}
+    assert ids == {widget.case_choice.itemText(1)} and len(viewer.layers) == 4
+    widget.case_choice.setCurrentIndex(0)
+    widget.load()  # another case replaces the open one: never two patients overlaid
+    assert {lay.metadata.get(CASE_ID_KEY) for lay in viewer.layers} == {
+        widget.case_choice.itemText(0)
+    }
+    assert len(viewer.layers) == 4
+    widget.case_path.setText(str(tmp_path / "missing"))
+    widget.load()
+    assert "error:" in widget.status.text() and errors  # in the dock, not only notified

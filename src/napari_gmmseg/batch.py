@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -205,8 +205,10 @@ def _resolve_roi(
                 f"{case.geometry}"
             )
         arr = np.asarray(arr)
-        lv = np.isin(arr, np.asarray(LV_ROI_VALUES))
-        mask = lv if lv.any() else arr != 0
+        if np.isin(arr, np.asarray(LV_ROI_VALUES)).any():  # a label map: its LV, nothing unknown
+            mask = io.roi_from_mask(arr, LV_ROI_VALUES, name=str(path))
+        else:
+            mask = arr != 0
     if not mask.any():
         raise RoiError(f"case {case.case_id}: the ROI is empty")
     return mask
@@ -226,6 +228,8 @@ _SEGMENT_OPTIONS = frozenset(
         "prior",
         "normalize",
         "return_probabilities",
+        "clip_percentiles",
+        "extreme",
     }
 )
 
@@ -305,7 +309,7 @@ def evaluate_case(
     out_dir = Path(out_dir)
     options = dict(options or {})
     rule = resolve_rule(presence)
-    requested = jsonable({"options": options, "presence": None if rule is None else asdict(rule)})
+    presence_json = None if rule is None else asdict(rule)
     case_id = source.case_id
     outcomes: list[CaseOutcome] = []
 
@@ -325,8 +329,10 @@ def evaluate_case(
     for method in methods:
         label_path = out_dir / method / f"{case_id}.nii.gz"
         sidecar = label_path.with_name(f"{case_id}.json")
+        requested = _requested(method, options, presence_json, roi)
         try:
-            if label_path.exists() and not force:
+            reuse = label_path.exists() and not force and _reusable(label_path, sidecar, requested)
+            if reuse:
                 status = "skipped"
                 labels, geometry = io.read_labels(label_path, with_geometry=True)
                 if tuple(labels.shape) != tuple(case.shape) or not geometry.same_grid(
@@ -336,14 +342,8 @@ def evaluate_case(
                         f"{label_path}: grid {geometry} does not match case {case.case_id} "
                         f"({case.geometry}); rerun with --force"
                     )
-                info = json.loads(sidecar.read_text(encoding="utf-8")) if sidecar.exists() else {}
+                info = json.loads(sidecar.read_text(encoding="utf-8"))
                 seconds = info.get("seconds")
-                if info.get("requested", requested) != requested:
-                    info = {
-                        **info,
-                        "warning": f"{label_path} was made with other options "
-                        f"({info.get('requested')}); use --force or another --out to redo it",
-                    }
             else:
                 from napari_gmmseg.segment import segment_case
 
@@ -355,7 +355,8 @@ def evaluate_case(
                 labels = np.asarray(fit.labels, dtype=np.int32)
                 if fit.cancelled:
                     raise ModelError(f"{method} on case {case_id} was cancelled")
-                io.save_labels(labels, case.geometry, label_path, overwrite=force)
+                # an existing map here is ours and unreadable (see _reusable): redo it
+                io.save_labels(labels, case.geometry, label_path, overwrite=True)
                 seconds = float(fit.seconds)
                 info = {
                     "case": case_id,
@@ -386,6 +387,68 @@ def evaluate_case(
         except Exception as exc:  # recorded in the summary; the other methods and cases go on
             done(CaseOutcome(case_id, method, "failed", error=_error_text(exc)))
     return outcomes
+
+
+#: Options that do not change the labels, left out when a resumed run compares options.
+_NOT_COMPARED = frozenset({"device", "num_threads", "chunk_pixels", "check_every"})
+
+
+def _requested(method: str, options: Mapping[str, Any], presence: Any, roi: Any) -> dict[str, Any]:
+    """What a label map of ``method`` depends on, as recorded in its sidecar and compared on
+    resume: the method's options with defaults filled in (so ``--seed 0`` equals no
+    ``--seed``), the presence rule and the ROI."""
+    import inspect
+
+    from napari_gmmseg.segment import segment
+
+    defaults = {
+        n: p.default
+        for n, p in inspect.signature(segment).parameters.items()
+        if p.default is not inspect.Parameter.empty and n not in ("progress", "should_stop")
+    }
+    from napari_gmmseg.methods import get_method
+
+    spec = get_method(method)
+    own = {f.name: getattr(spec.make_options({}), f.name) for f in fields(spec.options)}
+    defaults.update(own, extreme="refuse")
+    kwargs = {**defaults, **_method_kwargs(method, options)}
+    kwargs = {k: v for k, v in kwargs.items() if k not in _NOT_COMPARED and v is not None}
+    roi_key = "gt" if roi is None or str(roi).lower() == "gt" else str(Path(roi).resolve())
+    return jsonable({"options": kwargs, "presence": presence, "roi": roi_key})
+
+
+def _reusable(label_path: Path, sidecar: Path, requested: Mapping[str, Any]) -> bool:
+    """Whether an existing label map may be reused: True when it was made with the same
+    options; False (redo it) when it or its sidecar is unreadable or truncated.
+
+    Raises
+    ------
+    OutputExistsError
+        When it was made with other options (never mixed into this run's results).
+    """
+    from napari_gmmseg import io
+    from napari_gmmseg.errors import OutputExistsError
+
+    try:
+        info = json.loads(sidecar.read_text())
+        io.read_labels(label_path)
+    except (OSError, ValueError, GmmSegError):
+        return False  # truncated, unreadable or without provenance: ours to redo
+    made = info.get("requested")
+    if made == requested:
+        return True
+    diff = sorted(
+        f"{k}={v!r} (now {requested['options'].get(k)!r})"
+        for k, v in ((made or {}).get("options") or {}).items()
+        if requested["options"].get(k) != v
+    )
+    for key in ("presence", "roi"):
+        if (made or {}).get(key) != requested.get(key):
+            diff.append(f"{key}={(made or {}).get(key)!r} (now {requested.get(key)!r})")
+    raise OutputExistsError(
+        f"{label_path} was made with other options ({', '.join(diff) or made}); "
+        "pass --force to redo it or choose another --out"
+    )
 
 
 # --------------------------------------------------------------------------- progress
@@ -492,7 +555,7 @@ def evaluate_dataset(
     Raises
     ------
     CaseLoadError
-        The dataset folder holds no case.
+        The dataset folder holds no case, or none with an id in ``cases``.
     ModelError
         Unknown method name.
     """
@@ -511,8 +574,12 @@ def evaluate_dataset(
     dataset = Path(dataset)
     sources = io.discover_cases(dataset)
     if cases is not None:
-        wanted = {str(c) for c in cases}
-        sources = [s for s in sources if s.case_id in wanted]
+        wanted = [str(c) for c in cases]
+        missing = [c for c in wanted if c not in {s.case_id for s in sources}]
+        if missing:
+            known = ", ".join(s.case_id for s in sources) or "none"
+            raise CaseLoadError(f"{dataset}: no case {missing}; the cases are {known}")
+        sources = [s for s in sources if s.case_id in set(wanted)]
     if not sources:
         raise CaseLoadError(f"{dataset}: no case found (MyoPS layout or one folder per case)")
     out_dir = Path(out_dir)

@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_gmmseg.errors import CaseLoadError, GeometryError, OutputExistsError
+from napari_gmmseg.errors import CaseLoadError, GeometryError, OutputExistsError, OutputPathError
 from napari_gmmseg.labels import DEFAULT_CHANNELS, LV_ROI_VALUES, MYOPS_VALUES
 
 __all__ = [
@@ -49,6 +49,7 @@ __all__ = [
     "Case",
     "CaseSource",
     "Geometry",
+    "check_output",
     "discover_cases",
     "file_role",
     "is_image_path",
@@ -364,7 +365,8 @@ def _squeeze_to_3d(arr: np.ndarray, path: Path, frame: int | None, layout: str) 
         if frame is None:
             raise CaseLoadError(
                 f"{path}: is a 4-D image {arr.shape} ({layout} x time, {n} frames); "
-                f"choose a time frame with frame=0..{n - 1}"
+                f"choose a time frame 0..{n - 1} (napari-gmmseg segment --frame F; "
+                "load_case(..., frame=F) in Python)"
             )
         if not -n <= frame < n:
             raise CaseLoadError(f"{path}: frame {frame} out of range (0..{n - 1})")
@@ -535,6 +537,42 @@ def read_labels(
     arr, geometry = read_volume(path, frame=frame)
     labels = _check_label_values(arr, path)
     return (labels, geometry) if with_geometry else labels
+
+
+def roi_from_mask(
+    mask_zyx: np.ndarray, roi_values: Sequence[int] = LV_ROI_VALUES, *, name: str = "mask"
+) -> np.ndarray:
+    """The ``(Z, Y, X)`` bool ROI of a mask: a binary mask as it is, a label map's ``roi_values``.
+
+    The ONE place a mask file becomes an ROI (``segment --roi``, ``evaluate --roi``).
+
+    Raises
+    ------
+    RoiError
+        Values other than 0/1, MyoPS labels and ``roi_values`` (they would silently shrink
+        the ROI; the message lists them), or no voxel with ``roi_values``.
+    """
+    from napari_gmmseg.errors import RoiError
+
+    arr = np.asarray(mask_zyx)
+    if not np.all(np.isfinite(arr)):
+        raise RoiError(f"{name}: mask holds NaN or Inf")
+    lab = np.rint(arr).astype(np.int64)
+    values = set(np.unique(lab).tolist())
+    if values <= {0, 1}:
+        roi = lab > 0
+    else:
+        unknown = sorted(values - set(MYOPS_VALUES) - {int(v) for v in roi_values})
+        if unknown:
+            raise RoiError(
+                f"{name}: mask holds values {unknown[:10]} that are neither MyoPS labels "
+                f"{list(MYOPS_VALUES)} nor ROI labels {list(roi_values)}; give them with "
+                "--roi-labels (or use a binary mask)"
+            )
+        roi = np.isin(lab, np.asarray(roi_values))
+    if not roi.any():
+        raise RoiError(f"{name}: no voxel with the ROI labels {list(roi_values)}")
+    return roi
 
 
 # --------------------------------------------------------------------------- resampling
@@ -973,6 +1011,75 @@ def _nifti_suffix(path: Path) -> str:
     if name.endswith(".nii"):
         return ".nii"
     raise ValueError(f"{path}: label maps are written as NIfTI; use a .nii.gz or .nii name")
+
+
+def _writable_dir(folder: Path, what: Path) -> None:
+    """Raise :class:`OutputPathError` unless ``folder`` is (or can be made) a writable folder."""
+    probe = folder
+    while not probe.exists():  # the nearest existing ancestor decides
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise OutputPathError(f"{what}: cannot be written, {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{what}: cannot be written, {probe} is read-only")
+
+
+def check_output(
+    path: str | os.PathLike,
+    *,
+    kind: str = "file",
+    suffixes: Sequence[str] = (),
+    force: bool = False,
+    inputs: Sequence[str | os.PathLike] = (),
+) -> Path:
+    """Check an output path before any work: the ONE place every command checks outputs.
+
+    Parameters
+    ----------
+    path : path-like
+        The output file (``kind="file"``) or folder (``kind="dir"``).
+    kind : {"file", "dir"}
+        What the command writes there.
+    suffixes : sequence of str
+        Allowed file name endings (case-insensitive), e.g. ``(".nii.gz", ".nii")``.
+    force : bool
+        An existing file may be replaced (``--force``); an input never.
+    inputs : sequence of path-like
+        The command's input files: an output that is one of them is refused even with
+        ``force``.
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    OutputPathError
+        The output is an input, a folder where a file is written (or the reverse), has
+        the wrong suffix, or its parent is a file or read-only.
+    OutputExistsError
+        The file exists and ``force`` is False.
+    """
+    path = Path(path)
+    resolved = path.resolve()
+    for inp in inputs:
+        if inp is not None and Path(inp).resolve() == resolved:
+            raise OutputPathError(f"{path}: is an input of this command; choose another output")
+    if kind == "dir":
+        if path.exists() and not path.is_dir():
+            raise OutputPathError(f"{path}: is a file; an output folder is needed")
+        _writable_dir(path, path)
+        return path
+    if path.is_dir():
+        raise OutputPathError(f"{path}: is a folder; give a file name")
+    if suffixes and not path.name.lower().endswith(tuple(s.lower() for s in suffixes)):
+        raise OutputPathError(f"{path}: output must end with {' or '.join(suffixes)}")
+    _writable_dir(path.parent, path)
+    if path.exists() and not force:
+        raise OutputExistsError(f"{path} exists (use --force to overwrite)")
+    return path
 
 
 def _make_temp(path: Path, suffix: str) -> str:

@@ -33,7 +33,9 @@ classes by optimal (Hungarian) assignment minimising the squared Euclidean
 distance between component means and class means, using only the channels the
 case has (matched by name: ``bSSFP``/``C0``, ``LGE``/``DE``, ``T2``). With K < 4
 components only K classes are used; with K > 4 the extra components go to their
-nearest class.
+nearest class. :func:`check_n_components` states this (a warning) and refuses what
+naming cannot do: K = 1 (every ROI voxel would be one tissue) and K above
+:data:`MAX_COMPONENTS_PER_CLASS` per class.
 """
 
 from __future__ import annotations
@@ -269,6 +271,47 @@ def name_components(
         if left.any():
             out[s, left] = cls_ok[np.argmin(c[left], axis=1)]
     return out[0] if squeeze else out
+
+
+#: Most components naming merges into one class: K <= this x the classes of the prior table.
+MAX_COMPONENTS_PER_CLASS: int = 3
+
+
+def check_n_components(k: int, n_classes: int = 4) -> str | None:
+    """What naming does with K components and ``n_classes`` prior classes.
+
+    Returns
+    -------
+    str or None
+        None for ``K == n_classes``; otherwise a one-line note (for a warning).
+
+    Raises
+    ------
+    ModelError
+        ``K < 2`` or ``K > MAX_COMPONENTS_PER_CLASS * n_classes``.
+    """
+    if k < 2:
+        raise ModelError(
+            f"n_classes={k}: one component cannot be named (every ROI voxel would get one "
+            f"tissue); use 2-{MAX_COMPONENTS_PER_CLASS * n_classes} (the paper: {n_classes})"
+        )
+    if k > MAX_COMPONENTS_PER_CLASS * n_classes:
+        raise ModelError(
+            f"n_classes={k}: more than {MAX_COMPONENTS_PER_CLASS} components per tissue class "
+            f"cannot be named; use at most {MAX_COMPONENTS_PER_CLASS * n_classes} "
+            f"(the paper: {n_classes})"
+        )
+    if k < n_classes:
+        return (
+            f"n_classes={k}: only {k} of the {n_classes} tissue classes can be named per slice "
+            "(each component gets the class with the nearest prior mean, one class each)"
+        )
+    if k > n_classes:
+        return (
+            f"n_classes={k}: the {k - n_classes} components beyond the {n_classes} tissue "
+            "classes are merged into the class with the nearest prior mean"
+        )
+    return None
 
 
 #: Largest side of a cost matrix solved by enumeration (8! = 40320 candidates).

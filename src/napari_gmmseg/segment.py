@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from napari_gmmseg._json import jsonable
-from napari_gmmseg.errors import ModelError, RoiError
+from napari_gmmseg.errors import ExtremeIntensityError, ModelError, RoiError
 from napari_gmmseg.fit import Fit, Progress
 from napari_gmmseg.labels import CLASS_VALUES, CLASSES, LV_ROI_VALUES
 from napari_gmmseg.methods import (
@@ -31,7 +31,21 @@ from napari_gmmseg.methods import (
 )
 from napari_gmmseg.methods import METHODS as _REGISTRY
 
-__all__ = ["DEEP_METHODS", "EM_METHODS", "EM_OPTIONS", "METHODS", "segment", "segment_case"]
+__all__ = [
+    "DEEP_METHODS",
+    "EM_METHODS",
+    "EM_OPTIONS",
+    "EXTREME_POLICIES",
+    "METHODS",
+    "segment",
+    "segment_case",
+]
+
+#: What :func:`segment` does with extreme ROI intensities (1e30, int16 32767 in a
+#: 0-3000 image; see :data:`napari_gmmseg.preprocess.EXTREME_FACTOR`): refuse the input
+#: (default; EM from k-means++ is sensitive enough that even 50 moved voxels change many
+#: labels) or clip them to the percentiles and warn.
+EXTREME_POLICIES: tuple[str, ...] = ("refuse", "clip")
 
 #: Every method name :func:`segment` accepts, in the registry's order
 #: (:data:`napari_gmmseg.methods.METHODS`).
@@ -243,7 +257,10 @@ def segment(
         Returns True to cancel (checked every iteration/epoch); finished slices are kept
         and the others left unlabelled (``Fit.finished`` False).
     **method_options
-        For every method ``normalize`` (``"roi"``, ``"crop"``, ``"none"``) and
+        For every method ``normalize`` (``"roi"``, ``"crop"``, ``"none"``),
+        ``clip_percentiles`` (default :data:`napari_gmmseg.preprocess.CLIP_PERCENTILES`,
+        None: no robust clip; the count of clipped voxels is in ``params["clip"]``),
+        ``extreme`` (one of :data:`EXTREME_POLICIES`, default ``"refuse"``) and
         ``return_probabilities`` (default True); the others are the fields of the
         method's options dataclass in :data:`napari_gmmseg.methods.METHODS`
         (:class:`~napari_gmmseg.methods.EMOptions`: ``reg_covar``, ``spatial``, ``beta``,
@@ -259,7 +276,9 @@ def segment(
     Raises
     ------
     CaseLoadError
-        Images with NaN/Inf or of the wrong shape.
+        Images with NaN/Inf or of the wrong shape;
+        :class:`~napari_gmmseg.errors.ExtremeIntensityError` for extreme ROI intensities
+        unless ``extreme="clip"``.
     RoiError
         ROI of the wrong shape, empty, or with fewer pixels than ``n_classes``.
     ModelError
@@ -327,6 +346,8 @@ class _Request:
     options: Any  # the method's options dataclass
     given_options: dict[str, Any]
     skipped: list[int]
+    clip_percentiles: tuple[float, float] | None = None
+    extreme: str = "refuse"
 
 
 def _check_request(
@@ -347,8 +368,13 @@ def _check_request(
 ) -> _Request:
     """Validate every argument of :func:`segment` before any long work (the one place)."""
     from napari_gmmseg.mixture import INITS
-    from napari_gmmseg.naming import load_prior
-    from napari_gmmseg.preprocess import NORMALIZATIONS, check_volume, resolve_device
+    from napari_gmmseg.naming import check_n_components, load_prior
+    from napari_gmmseg.preprocess import (
+        CLIP_PERCENTILES,
+        NORMALIZATIONS,
+        check_volume,
+        resolve_device,
+    )
     from napari_gmmseg.presence import resolve_rule
 
     k = int(n_classes)
@@ -364,9 +390,13 @@ def _check_request(
     given = dict(method_options)
     normalize = check_choice("normalize", given.pop("normalize", "roi"), NORMALIZATIONS)
     return_probabilities = bool(given.pop("return_probabilities", True))
+    clip_percentiles = given.pop("clip_percentiles", CLIP_PERCENTILES)
+    extreme = check_choice("extreme", given.pop("extreme", "refuse"), EXTREME_POLICIES)
     options = spec.make_options(given)
     rule = resolve_rule(presence)
     images, roi_mask, channels = check_volume(images, roi, channels)
+    if clip_percentiles is not None and extreme == "refuse":  # every method family, up front
+        _refuse_extreme(images[roi_mask], channels, clip_percentiles)
     z_dim = images.shape[0]
     counts = roi_mask.reshape(z_dim, -1).sum(1)
     total = int(counts.sum())
@@ -380,6 +410,11 @@ def _check_request(
             roi_mask = roi_mask.copy()
             roi_mask[small] = False
     table = load_prior(prior)
+    note = check_n_components(k, len(table.classes))
+    if note is not None:
+        import warnings
+
+        warnings.warn(note, UserWarning, stacklevel=3)
     prior_means = None
     try:
         prior_means = table.for_channels(channels)
@@ -414,7 +449,30 @@ def _check_request(
         options,
         given,
         skipped,
+        clip_percentiles,
+        extreme,
     )
+
+
+def _refuse_extreme(
+    pixels: np.ndarray, channels: tuple[str, ...], percentiles: tuple[float, float]
+) -> None:
+    """Raise :class:`ExtremeIntensityError` for extreme ``(P, C)`` ROI intensities."""
+    from types import SimpleNamespace
+
+    from napari_gmmseg.preprocess import SliceBatch, _clip_channels
+
+    _, _, bounds, _, n_extreme = _clip_channels(pixels.astype(np.float64), percentiles)
+    view = SimpleNamespace(
+        clip_bounds=bounds, n_extreme=n_extreme, clip_percentiles=percentiles, channels=channels
+    )
+    message = SliceBatch.extreme_message(view)
+    if message is not None:
+        names = tuple(c for c, n in zip(channels, n_extreme, strict=True) if n)
+        raise ExtremeIntensityError(
+            f"{message}; refused (pass extreme='clip', CLI --extreme clip, to clip them and go on)",
+            names,
+        )
 
 
 def _run_method(
@@ -480,9 +538,21 @@ def _fit_and_name(
         channels=channels,
         normalize=req.normalize,
         per_slice=req.per_slice,
+        clip_percentiles=req.clip_percentiles,
         device=req.device,
         validate=False,
     )
+    extreme = batch.extreme_message()
+    if extreme is not None and req.extreme == "refuse":
+        names = tuple(c for c, n in zip(channels, batch.n_extreme, strict=True) if n)
+        raise ExtremeIntensityError(
+            f"{extreme}; refused (pass extreme='clip', CLI --extreme clip, to clip them and go on)",
+            names,
+        )
+    if extreme is not None:
+        import warnings
+
+        warnings.warn(extreme, UserWarning, stacklevel=3)
     if progress is not None:
         known = req.prior_means is not None
         progress = _LiveLabels(
@@ -522,6 +592,7 @@ def _fit_and_name(
         "device": str(req.device),
         "per_slice": req.per_slice,
         "normalize": req.normalize,
+        "clip": batch.clip_summary(),
         "channels": list(channels),
         "prior": table.to_dict(),
         "method_options": jsonable({k_: v for k_, v in given.items() if k_ != "weights"}),
@@ -549,6 +620,14 @@ def _fit_and_name(
         seconds=time.perf_counter() - t0,
         params=params,
     )
+
+
+def with_sources(exc: ExtremeIntensityError, sources: dict[str, Any]) -> ExtremeIntensityError:
+    """The same error with the files of its channels (``sources``: channel -> path) in front."""
+    files = [str(sources[c]) for c in exc.channels if c in sources]
+    if not files:
+        return exc
+    return ExtremeIntensityError(f"{', '.join(files)}: {exc}", exc.channels)
 
 
 def segment_case(
@@ -610,7 +689,10 @@ def segment_case(
     kw.setdefault("channels", case.channels)
     if get_method(kw.get("method", DEFAULT_METHOD)).accepts("spacing_mm"):
         kw.setdefault("spacing_mm", case.spacing_mm)  # pipelines with radii in mm
-    fit = segment(case.images, roi_mask, **kw)
+    try:
+        fit = segment(case.images, roi_mask, **kw)
+    except ExtremeIntensityError as exc:
+        raise with_sources(exc, case.sources) from None
     fit.params["case_id"] = case.case_id
     fit.params["roi"] = roi if isinstance(roi, str) or roi is None else "array"
     if qc is not None:

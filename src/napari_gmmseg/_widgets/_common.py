@@ -12,7 +12,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QComboBox, QListWidget, QListWidgetItem, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFrame,
+    QListWidget,
+    QListWidgetItem,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
+)
 
 from napari_gmmseg.errors import GmmSegError
 from napari_gmmseg.labels import ALL_TISSUES, CLASSES, NAME_BY_VALUE
@@ -43,7 +51,8 @@ def show_info(message: str) -> None:
 
 
 def report_errors(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Decorate a widget slot so a :class:`GmmSegError` becomes a notification.
+    """Decorate a widget slot so a :class:`GmmSegError` becomes a notification (and the
+    text of the widget's ``status`` label, when it has one).
 
     Qt passes extra arguments (``checked``) to ``clicked`` slots; they are
     dropped. Any other exception is a bug and propagates with its traceback.
@@ -55,6 +64,9 @@ def report_errors(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(self)
         except GmmSegError as exc:
             show_error(str(exc))
+            status = getattr(self, "status", None)
+            if hasattr(status, "setText"):  # and in the dock itself, where the user looks
+                status.setText(f"error: {exc}")
             return None
 
     return wrapper
@@ -63,9 +75,29 @@ def report_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 # ---------------------------------------------------------------- label styling
 
 
+#: Height (px) a dock may shrink to; its content scrolls below that, so five docks and the
+#: slice slider fit a 1000 px screen.
+DOCK_MIN_HEIGHT = 120
+
+
 def dock_layout(widget: QWidget) -> QVBoxLayout:
-    """The vertical layout of a dock widget, with the plugin's 4 px margins."""
-    layout = QVBoxLayout(widget)
+    """The vertical layout of a dock widget's content, with the plugin's 4 px margins.
+
+    The content sits in a frameless scroll area, so the dock can be shorter than its
+    content (:data:`DOCK_MIN_HEIGHT`) and every dock stays usable on a small screen.
+    """
+    outer = QVBoxLayout(widget)
+    outer.setContentsMargins(0, 0, 0, 0)
+    scroll = QScrollArea(widget)
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QFrame.Shape.NoFrame)
+    scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    scroll.setMinimumHeight(DOCK_MIN_HEIGHT)
+    content = QWidget()
+    scroll.setWidget(content)
+    outer.addWidget(scroll)
+    widget.setMinimumHeight(DOCK_MIN_HEIGHT)
+    layout = QVBoxLayout(content)
     layout.setContentsMargins(4, 4, 4, 4)
     return layout
 

@@ -7,7 +7,7 @@ All numbers come from :mod:`napari_gmmseg.metrics`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from qtpy.QtWidgets import (
@@ -106,6 +106,24 @@ class EvaluateWidget(QWidget):
         self.summary.setWordWrap(True)
         layout.addWidget(self.summary)
         layout.addStretch(1)
+        self._scored: tuple[Any, Any] | None = None  # the (segmentation, mask) in the table
+        napari_viewer.layers.events.removed.connect(self._clear_if_stale)
+        self.seg_layer.currentIndexChanged.connect(self._clear_if_stale)
+        self.mask_layer.currentIndexChanged.connect(self._clear_if_stale)
+
+    def _clear_if_stale(self, *_args) -> None:
+        """Clear the table once its layers are gone or others are chosen."""
+        if self._scored is None:
+            return
+        seg, mask = self._scored
+        chosen = (self.seg_layer.layer(), self.mask_layer.layer())
+        if seg in self.viewer.layers and mask in self.viewer.layers and chosen == (seg, mask):
+            return
+        self._scored = None
+        self.rows = []
+        self.table.setRowCount(0)
+        fit_table_height(self.table)
+        self.summary.setText("")
 
     def _arrays(self):
         seg, mask = self.seg_layer.layer(), self.mask_layer.layer()
@@ -126,9 +144,10 @@ class EvaluateWidget(QWidget):
         """Fill the table: matched and as-named Dice, volumes of the segmentation and the mask."""
         from napari_gmmseg.metrics import evaluate_labels
 
-        seg, _mask, pred, gt = self._arrays()
+        seg, mask, pred, gt = self._arrays()
         spacing = layer_spacing(seg)
         rows = evaluate_labels(pred, gt, spacing)
+        self._scored = (seg, mask)
         self.rows = [r for r in rows if r["level"] == "volume"]
         self.table.setRowCount(len(self.rows))
         for i, r in enumerate(self.rows):

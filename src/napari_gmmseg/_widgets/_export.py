@@ -79,7 +79,16 @@ class ExportWidget(QWidget):
         layout.addWidget(self.status)
         layout.addStretch(1)
         self.layer_combo.currentIndexChanged.connect(self._suggest_path)
+        napari_viewer.layers.events.inserted.connect(self._select_newest)
         self._suggest_path()
+
+    def _select_newest(self, event) -> None:
+        """A Labels layer just added (a new segmentation) becomes the one to export."""
+        layer = getattr(event, "value", None)
+        self.layer_combo.refresh()  # whatever order napari calls its listeners in
+        layers = self.layer_combo._layers
+        if layer is not None and layer in layers:
+            self.layer_combo.setCurrentIndex(layers.index(layer))
 
     def _suggest_path(self, *_args) -> None:
         layer = self.layer_combo.layer()

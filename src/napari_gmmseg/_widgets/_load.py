@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
@@ -83,6 +85,11 @@ class LoadCaseWidget(QWidget):
         self.case_id = QLineEdit()
         self.case_id.setPlaceholderText("only for a dataset root, e.g. 101")
         form.addRow("Case id", self.case_id)
+        self.case_choice = QComboBox()  # the cases of a dataset root, filled from the path
+        self.case_choice.setToolTip("the cases found in this dataset folder")
+        form.addRow("Case", self.case_choice)
+        self.case_path.textChanged.connect(self._list_cases)
+        self._list_cases()
         self.tabs.addTab(page, "Case folder")
 
         page = QWidget()
@@ -95,6 +102,12 @@ class LoadCaseWidget(QWidget):
         self.tabs.addTab(page, "One file per sequence")
         layout.addWidget(self.tabs)
 
+        self.replace = QCheckBox("replace the open case")
+        self.replace.setChecked(True)
+        self.replace.setToolTip(
+            "remove the layers of the case already open (one patient at a time)"
+        )
+        layout.addWidget(self.replace)
         self.load_button = QPushButton("Load")
         self.load_button.clicked.connect(self.load)
         layout.addWidget(self.load_button)
@@ -111,12 +124,39 @@ class LoadCaseWidget(QWidget):
             text = self.case_path.text().strip()
             if not text:
                 raise CaseLoadError("choose a case folder or one of its sequence files")
-            return io.load_case(text, self.case_id.text().strip() or None)
+            case_id = self.case_id.text().strip() or None
+            if case_id is None and self.case_choice.count() > 1:
+                case_id = self.case_choice.currentText()
+            return io.load_case(text, case_id)
         paths = {k: e.text().strip() for k, e in self.sequence_paths.items() if e.text().strip()}
         mask = paths.pop("mask", None)
         if not paths:
             raise CaseLoadError("choose at least one sequence file")
         return io.load_case_from_paths(paths, mask=mask)
+
+    def _list_cases(self, *_args) -> None:
+        """Offer the cases of a dataset root (several cases) as a pick list."""
+        from pathlib import Path
+
+        from napari_gmmseg import io
+
+        self.case_choice.clear()
+        path = Path(self.case_path.text().strip() or ".")
+        ids: list[str] = []
+        if self.case_path.text().strip() and path.is_dir():
+            try:
+                ids = [s.case_id for s in io.discover_cases(path)]
+            except (OSError, ValueError):
+                ids = []
+        if len(ids) > 1:
+            self.case_choice.addItems(ids)
+        self.case_choice.setEnabled(len(ids) > 1)
+
+    def _remove_open_case(self) -> None:
+        from napari_gmmseg._reader import CASE_ID_KEY
+
+        for layer in [lay for lay in self.viewer.layers if lay.metadata.get(CASE_ID_KEY)]:
+            self.viewer.layers.remove(layer)
 
     @report_errors
     def load(self) -> list:
@@ -126,6 +166,8 @@ class LoadCaseWidget(QWidget):
         from napari_gmmseg._reader import case_layer_data
 
         case = self.read_case()
+        if self.replace.isChecked():
+            self._remove_open_case()
         added = []
         for data in case_layer_data(case):
             layer = Layer.create(*data)

@@ -116,6 +116,8 @@ class SegmentWidget(QWidget):
         events = napari_viewer.layers.events
         for ev in (events.inserted, events.removed, events.reordered):
             ev.connect(self._refresh_channels)
+        events.removed.connect(self._clear_if_stale)
+        events.inserted.connect(self._clear_if_stale)
         self._refresh_channels()
         self._roi_changed()
         self._method_changed()
@@ -221,7 +223,7 @@ class SegmentWidget(QWidget):
         )
         self.max_iter = QSpinBox()
         self.max_iter.setRange(1, 100000)
-        self.max_iter.setValue(100)
+        self.max_iter.setValue(_EM_MAX_ITER)
         row = QHBoxLayout()
         row.addWidget(self.tol)
         self.max_iter_label = QLabel("max iter")
@@ -470,7 +472,7 @@ class SegmentWidget(QWidget):
         limit = self.max_iter.value()
         if method in DEEP_METHODS:
             kwargs["max_epochs"] = limit
-            kwargs["min_epochs"] = min(limit, 10)
+            kwargs["min_epochs"] = min(limit, DeepOptions().min_epochs)
         else:
             kwargs["max_iter"] = limit
             if self.n_init.value() > 1:
@@ -635,6 +637,11 @@ class SegmentWidget(QWidget):
             show_error(str(outcome.error))
             self.status.setText(f"error: {outcome.error}")
             return
+        if outcome.cancelled and not np.any(outcome.finished):  # e.g. a deep run: no empty layer
+            self._discard(request)
+            self.progress.setValue(0)
+            self.status.setText("cancelled before any slice finished: nothing kept")
+            return
         try:
             layer = self._finish(request, outcome)
         except GmmSegError as exc:
@@ -702,6 +709,23 @@ class SegmentWidget(QWidget):
         if request.want_probabilities and fit.probabilities is not None:
             self._add_probabilities(request, fit, layer)
         return layer
+
+    def _clear_if_stale(self, *_args) -> None:
+        """Clear the status and volume table once their layer is gone or another case is open."""
+        from napari_gmmseg._reader import CASE_ID_KEY
+
+        out = self.last_output
+        if out is None or self.running:
+            return
+        case = out.metadata.get(CASE_ID_KEY)
+        others = {lay.metadata.get(CASE_ID_KEY) for lay in self.viewer.layers} - {None, case}
+        if out in self.viewer.layers and not others:
+            return
+        self.last_output = None
+        self.table.setRowCount(0)
+        fit_table_height(self.table)
+        self.progress.setValue(0)
+        self.status.setText("")
 
     def _show_table(self, features) -> None:
         self.table.setRowCount(len(features))

@@ -58,6 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GmmSegError as exc:
         print(f"napari-gmmseg {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a read-only folder, a full disk...: a user's problem, one line
+        print(f"napari-gmmseg {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"napari-gmmseg {args.command}: interrupted", file=sys.stderr)
         return 130

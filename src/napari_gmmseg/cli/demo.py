@@ -48,6 +48,9 @@ def _run(args: argparse.Namespace) -> int:
             "default 200, to keep the demo short on a CPU)"
         )
     out = Path(args.out)
+    from napari_gmmseg.io import check_output
+
+    check_output(out, kind="dir", inputs=(data,))
     result = evaluate_dataset(
         data,
         methods,
@@ -59,6 +62,10 @@ def _run(args: argparse.Namespace) -> int:
     )
     print()
     print_report(result, out)
+    from napari_gmmseg.batch import _atomic_write_text
+
+    _atomic_write_text(out / "tables.md", f"```\n{result.table.rstrip()}\n```\n")
+    print(f"tables:     {out / 'tables.md'}")
     print(f"total wall time {result.summary['wall_seconds']:.1f} s", file=sys.stderr)
     return 1 if result.failures else 0
 

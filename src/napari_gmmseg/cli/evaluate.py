@@ -26,6 +26,18 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
     add_method_arguments(
         parser.add_argument_group("options of the methods (each applies to those that take it)")
     )
+    add_extreme_option(g, default=None)
+
+
+def add_extreme_option(group, default: str | None = "refuse") -> None:
+    """``--extreme``: refuse (default) or clip ROI voxels far outside their channel's range."""
+    group.add_argument(
+        "--extreme",
+        choices=("refuse", "clip"),
+        default=default,
+        help="ROI voxels far outside their channel's 0.5-99.5 percentile range (1e30, 32767): "
+        "refuse the case (default) or clip them and go on",
+    )
 
 
 def add_presence_options(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +58,7 @@ def method_options(args: argparse.Namespace) -> dict:
     """The method options given on the command line (unset ones left out)."""
     from napari_gmmseg.cli._options import given_options
 
-    names = ("seed", "device", "max_iter", "tol", "n_classes", "covariance_type")
+    names = ("seed", "device", "max_iter", "tol", "n_classes", "covariance_type", "extreme")
     common = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     return {**common, **given_options(args)}
 
@@ -80,6 +92,9 @@ def _run(args: argparse.Namespace) -> int:
 
     methods = parse_methods(args) or [DEFAULT_METHOD]
     out = Path(args.out)
+    from napari_gmmseg.io import check_output
+
+    check_output(out, kind="dir", inputs=(args.dataset,))
     cases = [c.strip() for c in args.cases.split(",")] if args.cases else None
     result = evaluate_dataset(
         args.dataset,

@@ -30,13 +30,11 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     """Compute, write and print the table."""
     import warnings
-    from pathlib import Path
 
     from napari_gmmseg.deep.mu_data import compute_mu_data
-    from napari_gmmseg.errors import OutputExistsError
+    from napari_gmmseg.io import check_output
 
-    if Path(args.out).exists() and not args.force:
-        raise OutputExistsError(f"{args.out} exists; pass --force to replace it")
+    check_output(args.out, suffixes=(".json",), force=args.force, inputs=(args.dataset,))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         table = compute_mu_data(args.dataset, n_images=args.images, seed=args.seed)

@@ -49,8 +49,10 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Write the dataset and list the cases."""
+    from napari_gmmseg.io import check_output
     from napari_gmmseg.phantom import write_dataset, write_sample_data
 
+    check_output(args.out, kind="dir")
     if args.sample:
         written = write_sample_data(args.out, overwrite=args.force)
         print(f"wrote {len(written)} sample case(s) to {args.out}")

@@ -41,6 +41,9 @@ def register(subparsers) -> None:
         default="200,500,1220,2221",
         help="label values of MASK that make up the ROI",
     )
+    g.add_argument(
+        "--frame", type=int, default=None, help="time frame of 4-D (cine) images, from 0"
+    )
     g.add_argument("--out", required=True, metavar="OUT.nii.gz", help="label map to write")
     g.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     g.add_argument("--quiet", action="store_true", help="no progress or summary on stderr/stdout")
@@ -68,6 +71,9 @@ def register(subparsers) -> None:
     m.add_argument(
         "--prior", metavar="JSON", help="prior table of class means (naming, --init prior)"
     )
+    from napari_gmmseg.cli.evaluate import add_extreme_option
+
+    add_extreme_option(m)
     from napari_gmmseg.cli._options import add_method_arguments
 
     add_method_arguments(p.add_argument_group("options of the methods (each its own default)"))
@@ -84,15 +90,14 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from napari_gmmseg import io
-    from napari_gmmseg.errors import CaseLoadError, OutputExistsError, RoiError
-    from napari_gmmseg.segment import segment
+    from napari_gmmseg.errors import CaseLoadError, ExtremeIntensityError, RoiError
+    from napari_gmmseg.segment import segment, with_sources
 
     t0 = time.perf_counter()
     out = args.out
-    from pathlib import Path
-
-    if Path(out).exists() and not args.force:
-        raise OutputExistsError(f"{out} exists (use --force to overwrite)")
+    inputs = (args.bssfp, args.lge, args.t2, args.roi, args.prior)
+    inputs += tuple(getattr(args, n, None) for n in ("weights", "mu_data"))
+    io.check_output(out, suffixes=(".nii.gz", ".nii"), force=args.force, inputs=inputs)
     from napari_gmmseg.cli._options import options_for
 
     options = options_for(args, args.method)  # before any loading: a stray flag fails fast
@@ -103,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     }
     if not sequences:
         raise CaseLoadError("give at least one of --bssfp, --lge, --t2")
-    case = io.load_case_from_paths(sequences)
+    case = io.load_case_from_paths(sequences, frame=args.frame)
     roi = None
     if args.roi == "auto":
         roi = _auto_roi(case, args)
@@ -112,18 +117,18 @@ def run(args: argparse.Namespace) -> int:
             values = [int(v) for v in str(args.roi_labels).split(",") if v.strip()]
         except ValueError as exc:
             raise RoiError(f"--roi-labels must be integers separated by commas: {exc}") from exc
-        arr, geom = io.read_volume(args.roi)
+        arr, geom = io.read_volume(args.roi, frame=args.frame)
         arr = np.asarray(arr)
         if not np.all(np.isfinite(arr)):
             raise RoiError(f"{args.roi}: mask holds NaN or Inf")
-        if geom.same_grid(case.geometry):
-            lab = np.rint(arr).astype(np.int64)
-        else:
-            lab = io.resample_to(arr, geom, case.geometry, labels=True, name=str(args.roi))
-        uniq = set(np.unique(lab).tolist())
-        roi = lab > 0 if uniq <= {0, 1} else np.isin(lab, values)
-        if not roi.any():
-            raise RoiError(f"{args.roi}: no voxel with the ROI labels {values}")
+        if not geom.same_grid(case.geometry):
+            print(
+                f"warning: {args.roi} is not on the bSSFP grid ({geom.difference(case.geometry)}); "
+                "resampled onto it (nearest neighbour)",
+                file=sys.stderr,
+            )
+            arr = io.resample_to(arr, geom, case.geometry, labels=True, name=str(args.roi))
+        roi = io.roi_from_mask(arr, values, name=str(args.roi))
 
     from napari_gmmseg.presence import resolve_rule, rule_from_args
 
@@ -142,7 +147,34 @@ def run(args: argparse.Namespace) -> int:
 
     if get_method(args.method).accepts("spacing_mm"):
         options["spacing_mm"] = case.spacing_mm  # the wall-first radii are in mm
-    fit = segment(
+    try:
+        fit = _segment(segment, case, roi, args, presence, report, options)
+    except ExtremeIntensityError as exc:
+        raise with_sources(exc, case.sources) from None
+    if not args.quiet:
+        print(file=sys.stderr)
+        clip = fit.params.get("clip", {})
+        if any(clip.get("extreme_voxels", {}).values()):
+            print(f"warning: clipped extreme voxels {clip['extreme_voxels']}", file=sys.stderr)
+    path = io.save_labels(fit.labels, case.geometry, out, overwrite=args.force)
+    if not args.quiet:
+        vals, counts = np.unique(fit.labels[fit.labels > 0], return_counts=True)
+        summary = ", ".join(f"{int(v)}: {int(c)}" for v, c in zip(vals, counts, strict=True))
+        clip = fit.params.get("clip", {})
+        n_clip = sum(clip.get("clipped_voxels", {}).values())
+        lo, hi = clip.get("percentiles") or (0, 100)
+        print(
+            f"{args.method}: {len(fit.slice_index)} slices, mean {np.mean(fit.n_iter_):.1f} "
+            f"iterations, fit {fit.seconds:.2f} s, total {time.perf_counter() - t0:.2f} s; "
+            f"{n_clip} ROI intensities clipped (statistics) to the {lo:g}-{hi:g} percentiles; "
+            f"wrote {path} ({summary})"
+        )
+    return 0
+
+
+def _segment(segment, case, roi, args, presence, report, options):
+    """The fit itself, with the command-line options."""
+    return segment(
         case.images,
         roi,
         channels=case.channels,
@@ -159,20 +191,9 @@ def run(args: argparse.Namespace) -> int:
         presence=presence,
         progress=None if args.quiet else report,
         return_probabilities=presence is not None,
+        extreme=args.extreme,
         **options,
     )
-    if not args.quiet:
-        print(file=sys.stderr)
-    path = io.save_labels(fit.labels, case.geometry, out, overwrite=args.force)
-    if not args.quiet:
-        vals, counts = np.unique(fit.labels[fit.labels > 0], return_counts=True)
-        summary = ", ".join(f"{int(v)}: {int(c)}" for v, c in zip(vals, counts, strict=True))
-        print(
-            f"{args.method}: {len(fit.slice_index)} slices, mean {np.mean(fit.n_iter_):.1f} "
-            f"iterations, fit {fit.seconds:.2f} s, total {time.perf_counter() - t0:.2f} s; "
-            f"wrote {path} ({summary})"
-        )
-    return 0
 
 
 def _auto_roi(case, args: argparse.Namespace):

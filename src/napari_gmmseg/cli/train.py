@@ -52,13 +52,11 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     """Train, save and summarise."""
     import sys
-    from pathlib import Path
 
     from napari_gmmseg.deep.training import train
-    from napari_gmmseg.errors import OutputExistsError
+    from napari_gmmseg.io import check_output
 
-    if Path(args.out).exists() and not args.force:
-        raise OutputExistsError(f"{args.out} exists; pass --force to replace it")
+    check_output(args.out, force=args.force, inputs=(args.dataset, getattr(args, "mu_data", None)))
 
     def report(p) -> None:
         print(f"epoch {p.iteration}/{args.epochs}  mean NLL {p.nll:.4f}", file=sys.stderr)
