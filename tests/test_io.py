@@ -281,7 +281,8 @@ def test_4d_file_needs_frame(tmp_path):
     from napari_gmmseg.cli import main
 
     out = tmp_path / "seg.nii.gz"
-    args = ["segment", "--bssfp", str(p["C0"]), "--lge", str(p["DE"]), "--out", str(out)]
+    args = ["segment", "--method", "gmm", "--bssfp", str(p["C0"]), "--lge", str(p["DE"])]
+    args += ["--out", str(out)]
     with pytest.raises(CaseLoadError, match="--frame F"):
         io.load_case(p["C0"])
     assert main([*args, "--quiet", "--max-iter", "3"]) == 1 and not out.exists()

@@ -46,14 +46,18 @@ def test_segment_case_labels_the_roi_with_myops_values(case, method):
 
 
 def test_same_seed_same_labels_and_whole_slices(case):
-    a = segment(case.images, None, channels=case.channels, init="random", seed=3, max_iter=15)
-    b = segment(case.images, None, channels=case.channels, init="random", seed=3, max_iter=15)
+    a = segment(
+        case.images, None, channels=case.channels, init="random", seed=3, max_iter=15, method="gmm"
+    )
+    b = segment(
+        case.images, None, channels=case.channels, init="random", seed=3, max_iter=15, method="gmm"
+    )
     np.testing.assert_array_equal(a.labels, b.labels)
     assert np.all(a.labels > 0)  # whole slices: every pixel labelled
 
 
 def test_full_covariance_prior_init_and_volume_mode(case):
-    fit = segment_case(case, covariance_type="full", init="prior")
+    fit = segment_case(case, covariance_type="full", init="prior", method="gmm")
     assert fit.covariances_.shape[-2:] == (3, 3)
     vol = segment_case(case, per_slice=False, method="svgmm")
     assert np.all(vol.means_ == vol.means_[:1])  # one mixture shared by all slices
@@ -62,15 +66,15 @@ def test_full_covariance_prior_init_and_volume_mode(case):
 
 def test_progress_and_cancel(case):
     reports = []
-    fit = segment_case(case, tol=0, max_iter=50, progress=reports.append)
+    fit = segment_case(case, tol=0, max_iter=50, progress=reports.append, method="gmm")
     assert reports and reports[-1].slices_done == reports[-1].slices_total == 3
-    stopped = segment_case(case, tol=0, max_iter=50, should_stop=lambda: True)
+    stopped = segment_case(case, tol=0, max_iter=50, should_stop=lambda: True, method="gmm")
     assert stopped.cancelled and np.all(stopped.labels == 0)
     assert fit.finished.all()
 
 
 def test_spatial_option_passes_through(case):
-    fit = segment_case(case, spatial="mrf", beta=0.5)
+    fit = segment_case(case, spatial="mrf", beta=0.5, method="gmm")
     assert fit.params["engine"]["spatial"] == "mrf"
 
 
@@ -98,27 +102,27 @@ def test_clear_errors(case):
     bad = img.copy()
     bad[roi.nonzero()[0][0], roi.nonzero()[1][0], roi.nonzero()[2][0], 1] = np.nan
     with pytest.raises(CaseLoadError, match="NaN"):
-        segment(bad, roi)
+        segment(bad, roi, method="gmm")
     with pytest.raises(ModelError, match="unknown method"):
         segment(img, roi, method="kmeans")
     with pytest.raises(ModelError, match="unknown init"):
-        segment(img, roi, init="zeros")
+        segment(img, roi, init="zeros", method="gmm")
     with pytest.raises(ModelError, match="unknown option"):
-        segment(img, roi, max_epochs=3)
+        segment(img, roi, max_epochs=3, method="gmm")
     with pytest.raises(ModelError, match="n_classes"):
-        segment(img, roi, n_classes=0)
+        segment(img, roi, n_classes=0, method="gmm")
     with pytest.raises(ModelError, match="channel names"):
-        segment(img, roi, channels=("bSSFP", "LGE"))
+        segment(img, roi, channels=("bSSFP", "LGE"), method="gmm")
     with pytest.raises(ModelError, match="prior table has no channel"):
-        segment(img, roi, channels=("bSSFP", "LGE", "FLAIR"), init="prior")
+        segment(img, roi, channels=("bSSFP", "LGE", "FLAIR"), init="prior", method="gmm")
     with pytest.raises(RoiError, match="shape"):
-        segment(img, roi[:, :-1])
+        segment(img, roi[:, :-1], method="gmm")
     with pytest.raises(RoiError, match="empty"):
-        segment(img, np.zeros_like(roi))
+        segment(img, np.zeros_like(roi), method="gmm")
     tiny = np.zeros_like(roi)
     tiny[0, 10, 10:13] = True
     with pytest.raises(RoiError, match="fewer than the 4 classes"):
-        segment(img, tiny)
+        segment(img, tiny, method="gmm")
     no_gt = type(case)(images=img, channels=case.channels)
     with pytest.raises(RoiError, match="ground-truth"):
         segment_case(no_gt)
@@ -129,7 +133,7 @@ def test_small_slices_are_skipped_not_fatal(case):
     z_small = int(np.nonzero(roi.any((1, 2)))[0][-1])
     roi[z_small] = False
     roi[z_small, 40, 40:42] = True  # 2 pixels < 4 classes
-    fit = segment(case.images, roi, channels=case.channels)
+    fit = segment(case.images, roi, channels=case.channels, method="gmm")
     assert fit.params["skipped_slices"] == [z_small]
     assert z_small not in fit.slice_index and np.all(fit.labels[z_small] == 0)
 
@@ -153,7 +157,15 @@ def test_deep_methods_dispatch_lazily(case, monkeypatch):
     assert fit.method == "deepsvg-mu" and calls["method"] == "deepsvg-mu"
     assert calls["max_epochs"] == 2 and calls["mu_data"].shape == (4, 3)
     assert set(np.unique(fit.labels[case.roi()])) <= set(CLASS_VALUES)
-    assert set(METHODS) == {"gmm", "svgmm", "deepg", "deepsvg", "deepsvg-mu", "wall-first"}
+    assert set(METHODS) == {
+        "gmm",
+        "svgmm",
+        "deepg",
+        "deepsvg",
+        "deepsvg-mu",
+        "wall-first",
+        "gmm-prior",
+    }
 
 
 def test_cli_writes_labels_on_the_bssfp_grid(case, tmp_path):
@@ -169,7 +181,15 @@ def test_cli_writes_labels_on_the_bssfp_grid(case, tmp_path):
     binary = tmp_path / "roi.nii.gz"
     io.save_labels(case.roi().astype(np.int16), case.geometry, binary)
     out = tmp_path / "out.nii.gz"
-    args = ["segment", "--bssfp", str(paths["bSSFP"]), "--lge", str(paths["LGE"])]
+    args = [
+        "segment",
+        "--method",
+        "gmm",
+        "--bssfp",
+        str(paths["bSSFP"]),
+        "--lge",
+        str(paths["LGE"]),
+    ]
     args += ["--t2", str(paths["T2"]), "--roi", str(gt), "--out", str(out), "--quiet"]
     assert main(args) == 0
     labels = io.read_labels(out)

@@ -136,7 +136,13 @@ def test_segment_labels_are_bit_identical_to_the_reference_pipeline():
     case = make_case(2, n_slices=3, size=64)
     roi = case.roi()
     fit = segment(
-        case.images, roi, channels=case.channels, seed=1, device="cpu", clip_percentiles=None
+        case.images,
+        roi,
+        channels=case.channels,
+        method="gmm",
+        seed=1,
+        device="cpu",
+        clip_percentiles=None,
     )
 
     x, valid, _loc, _scale, volume_index = _reference_pack(case.images, roi, True, "roi")

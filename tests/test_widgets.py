@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from napari_gmmseg.labels import CLASS_NAMES, CLASS_VALUES, COLOR_BY_VALUE, LV_ROI_VALUES
+from napari_gmmseg.methods import METHODS
 
 pytestmark = pytest.mark.gui
 
@@ -105,9 +106,10 @@ def test_each_method_fills_a_tissue_labels_layer(
     viewer = make_napari_viewer_proxy()
     add_case(viewer, case)
     deep = method.startswith("deep")
-    restarts = {} if deep else {"n_init": 3}
+    em = METHODS[method].family == "em"
+    restarts = {"n_init": 3} if em else {}
     widget = segment_widget(viewer, method, max_iter=2 if deep else 100, seed=3, **restarts)
-    assert widget.n_init.isEnabled() is not deep  # restarts are an EM option
+    assert widget.n_init.isEnabled() is em  # restarts are an EM option
     if method == "deepsvg-mu":
         widget.model_file.setText(str(mu_data_file(case, tmp_path)))
     widget.probabilities.setChecked(True)
@@ -125,7 +127,7 @@ def test_each_method_fills_a_tissue_labels_layer(
     assert fit.method == method and not fit.cancelled
     if deep:  # the epoch limit reached the core
         assert meta["options"]["max_epochs"] == 2 and (fit.n_iter_ <= 2).all()
-    else:  # so did the restarts: one best restart recorded per fitted slice
+    elif em:  # so did the restarts: one best restart recorded per fitted slice
         assert meta["options"]["n_init"] == 3 and fit.params["engine"]["n_init"] == 3
         assert len(fit.params["engine"]["best_restart"]) == len(fit.slice_index)
     assert out.metadata[GEOMETRY_KEY] is case.geometry  # Export restores the source grid

@@ -490,6 +490,23 @@ class _Bar:
 
 
 # --------------------------------------------------------------------------- main entry
+def _select_sources(dataset: Path, cases: Sequence[str] | None) -> list:
+    """The dataset's cases (only ``cases`` when given; an unknown id is an error)."""
+    from napari_gmmseg import io
+
+    sources = io.discover_cases(dataset)
+    if cases is not None:
+        wanted = [str(c) for c in cases]
+        missing = [c for c in wanted if c not in {s.case_id for s in sources}]
+        if missing:
+            known = ", ".join(s.case_id for s in sources) or "none"
+            raise CaseLoadError(f"{dataset}: no case {missing}; the cases are {known}")
+        sources = [s for s in sources if s.case_id in set(wanted)]
+    if not sources:
+        raise CaseLoadError(f"{dataset}: no case found (MyoPS layout or one folder per case)")
+    return sources
+
+
 def evaluate_dataset(
     dataset: str | os.PathLike,
     methods: Sequence[str],
@@ -559,7 +576,6 @@ def evaluate_dataset(
     ModelError
         Unknown method name.
     """
-    from napari_gmmseg import io
 
     t0 = time.perf_counter()
     methods = list(dict.fromkeys(m.strip().lower() for m in methods if m.strip()))
@@ -572,16 +588,7 @@ def evaluate_dataset(
         raise ModelError(f"unknown method(s) {unknown}; choose from {list(METHODS)}")
     _check_options(methods, options or {})
     dataset = Path(dataset)
-    sources = io.discover_cases(dataset)
-    if cases is not None:
-        wanted = [str(c) for c in cases]
-        missing = [c for c in wanted if c not in {s.case_id for s in sources}]
-        if missing:
-            known = ", ".join(s.case_id for s in sources) or "none"
-            raise CaseLoadError(f"{dataset}: no case {missing}; the cases are {known}")
-        sources = [s for s in sources if s.case_id in set(wanted)]
-    if not sources:
-        raise CaseLoadError(f"{dataset}: no case found (MyoPS layout or one folder per case)")
+    sources = _select_sources(dataset, cases)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     options = dict(options or {})

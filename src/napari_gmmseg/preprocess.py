@@ -344,14 +344,11 @@ class SliceBatch:
         if flat.size == 0:
             raise RoiError("the region of interest is empty")
         zz, yy, xx = np.unravel_index(flat, roi.shape)
-        # One flat gather (not three index arrays).
-        raw = np.take(images.reshape(-1, n_ch), flat, axis=0).astype(np.float64)  # (P, C)
+        raw = np.take(images.reshape(-1, n_ch), flat, axis=0).astype(np.float64)  # (P, C), 1 gather
         raw, clipped, bounds, n_clipped, n_extreme = _clip_channels(raw, clip_percentiles)
-
         crop_slices, first = np.unique(zz, return_index=True)
         counts = np.diff(np.append(first, zz.size))
-        zs = crop_slices.size
-        srow = np.repeat(np.arange(zs), counts)  # crop row of each ROI pixel
+        zs, srow = crop_slices.size, np.repeat(np.arange(crop_slices.size), counts)  # crop rows
 
         # Crop boxes: common (H, W), centred on each slice's ROI bounding box.
         y0, x0, height, width = _crop_boxes(
@@ -362,18 +359,9 @@ class SliceBatch:
         cy = yy - np.repeat(y0, counts)  # y0[srow]: srow is sorted
         cx = xx - np.repeat(x0, counts)
         vol_flat = flat.astype(np.int64, copy=False)  # index into the flattened (Z, Y, X)
-        if per_slice:
-            rows = srow
-            crop_flat = cy.astype(np.int64) * width + cx
-            crop_shape = (height, width)
-            slice_index = crop_slices.astype(np.int64)
-            row_counts = counts
-        else:
-            rows = np.zeros(zz.size, dtype=np.int64)
-            crop_flat = (srow.astype(np.int64) * height + cy) * width + cx
-            crop_shape = (zs * height, width)
-            slice_index = np.array([-1], dtype=np.int64)
-            row_counts = np.array([zz.size])
+        rows, crop_flat, crop_shape, slice_index, row_counts = _row_layout(
+            per_slice, srow, cy, cx, counts, crop_slices, (height, width)
+        )
         n_rows = int(row_counts.size)
         n_max = int(row_counts.max())
         padded = zz.size != n_rows * n_max  # rows of unequal length
@@ -587,6 +575,28 @@ class SliceBatch:
         if hits.size == 0:
             raise KeyError(z)
         return int(hits[0])
+
+
+def _row_layout(
+    per_slice: bool,
+    srow: np.ndarray,
+    cy: np.ndarray,
+    cx: np.ndarray,
+    counts: np.ndarray,
+    crop_slices: np.ndarray,
+    box_hw: tuple[int, int],
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int], np.ndarray, np.ndarray]:
+    """Batch row of every ROI pixel ``(P,)``, its flat index in the crop view ``(P,)``, the
+    crop view's ``(H, W)``, the z of every row and the pixels per row: one row per slice,
+    or one row for the whole volume (crops stacked along H)."""
+    height, width = box_hw
+    if per_slice:
+        crop_flat = cy.astype(np.int64) * width + cx
+        return srow, crop_flat, (height, width), crop_slices.astype(np.int64), counts
+    rows = np.zeros(srow.size, dtype=np.int64)
+    crop_flat = (srow.astype(np.int64) * height + cy) * width + cx
+    shape = (crop_slices.size * height, width)
+    return rows, crop_flat, shape, np.array([-1], dtype=np.int64), np.array([srow.size])
 
 
 def _clip_channels(

@@ -305,18 +305,7 @@ def segment(
         method_options,
     )
     if spec.family == "pipeline":
-        fit = spec.load_fit()(
-            req.images,
-            req.roi,
-            channels=req.channels,
-            options=req.options,
-            seed=seed,
-            device=req.device,
-            prior=req.table,
-            progress=progress,
-            should_stop=should_stop,
-        )
-        fit.method = fit.params["method"] = spec.name  # one pipeline may serve several entries
+        fit = _run_pipeline(spec, req, seed, progress, should_stop)
     else:
         fit = _fit_and_name(spec, req, init, tol, max_iter, seed, progress, should_stop, t0)
     if req.rule is not None:
@@ -324,6 +313,63 @@ def segment(
 
         fit = apply_presence(fit, req.rule, channels=req.channels, images=req.images)
     fit.seconds = time.perf_counter() - t0
+    return fit
+
+
+def _run_pipeline(
+    spec: MethodSpec,
+    req: _Request,
+    seed: int,
+    progress: Callable[[Progress], Any] | None,
+    should_stop: Callable[[], bool] | None,
+) -> Fit:
+    """Run a ``"pipeline"`` method on the validated volume; fill in the params every fit has.
+
+    The robust clip applies here as in :class:`~napari_gmmseg.preprocess.SliceBatch`:
+    extreme ROI voxels (already refused unless ``extreme="clip"``) are set to the clip
+    bounds before the pipeline sees them, and the counts go to ``params["clip"]``.
+    """
+    import warnings
+
+    from napari_gmmseg import __version__
+    from napari_gmmseg.preprocess import _clip_channels
+
+    images, clip = req.images, {"percentiles": None}
+    if req.clip_percentiles is not None:
+        pixels = images[req.roi].astype(np.float64)
+        values, _, bounds, n_clipped, n_extreme = _clip_channels(pixels, req.clip_percentiles)
+        if n_extreme.any():
+            images = images.astype(np.float32, copy=True)
+            images[req.roi] = values
+            warnings.warn(f"{int(n_extreme.sum())} extreme ROI voxels clipped", stacklevel=3)
+        names = req.channels
+        clip = {
+            "percentiles": list(req.clip_percentiles),
+            "bounds": bounds.T.tolist(),
+            "clipped_voxels": dict(zip(names, n_clipped.tolist(), strict=True)),
+            "extreme_voxels": dict(zip(names, n_extreme.tolist(), strict=True)),
+        }
+    fit = spec.load_fit()(
+        images,
+        req.roi,
+        channels=req.channels,
+        options=req.options,
+        seed=seed,
+        device=req.device,
+        prior=req.table,
+        progress=progress,
+        should_stop=should_stop,
+    )
+    given = {k: v for k, v in req.given_options.items() if k != "spacing_mm"}  # geometry
+    fit.method = spec.name  # one pipeline may serve several registry entries
+    fit.params.update(
+        method=spec.name,
+        seed=int(seed),
+        clip=clip,
+        method_options=jsonable(given),
+        skipped_slices=req.skipped,
+        version=__version__,
+    )
     return fit
 
 

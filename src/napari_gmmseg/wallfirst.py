@@ -144,6 +144,45 @@ def _per_slice_stats(
     return w, mu, var
 
 
+def _as_fit(
+    labels: np.ndarray,
+    blood: np.ndarray,
+    wall: np.ndarray,
+    soft: np.ndarray,
+    xn: np.ndarray,
+    params: dict,
+) -> Fit:
+    """A finished :class:`Fit` from the ``(Z, Y, X)`` MyoPS labels, pool and wall masks, the
+    ``(Z, Y, X, 3)`` wall-class soft maps and the ``(Z, Y, X, M)`` normalised intensities."""
+    roi = blood | wall
+    probabilities = np.zeros((*roi.shape, 4), dtype=np.float32)
+    probabilities[..., 0] = blood
+    probabilities[..., 1:] = soft * wall[..., None]
+    slices = np.nonzero(roi.reshape(roi.shape[0], -1).any(1))[0].astype(np.int64)
+    weights, means, covs = _per_slice_stats(xn, labels, slices)
+    s = slices.size
+    components = np.full(roi.shape, -1, dtype=np.int16)
+    for j, value in enumerate(CLASS_VALUES):
+        components[labels == value] = j
+    return Fit(
+        method=params["method"],
+        labels=labels,
+        components=components,
+        probabilities=probabilities,
+        slice_index=slices,
+        weights_=weights,
+        means_=means,
+        covariances_=covs,
+        component_to_class=np.tile(np.arange(4, dtype=np.int64), (s, 1)),
+        nll_history=np.zeros((s, 0)),
+        n_iter_=np.zeros(s, dtype=np.int64),
+        converged_=np.ones(s, dtype=bool),
+        finished=np.ones(s, dtype=bool),
+        seconds=0.0,
+        params=params,
+    )
+
+
 def fit_wall_first(
     images: np.ndarray,
     roi: np.ndarray,
@@ -264,16 +303,6 @@ def fit_wall_first(
     labels = np.where(blood, 500, np.where(wall, wall_values[np.maximum(cls, 0)], 0)).astype(
         np.int32
     )
-    probabilities = np.zeros((*roi.shape, 4), dtype=np.float32)
-    probabilities[..., 0] = blood
-    probabilities[..., 1:] = soft * wall[..., None]
-
-    slices = np.nonzero(roi.reshape(roi.shape[0], -1).any(1))[0].astype(np.int64)
-    weights, means, covs = _per_slice_stats(xn, labels, slices)
-    s = slices.size
-    components = np.full(roi.shape, -1, dtype=np.int16)
-    for j, value in enumerate(CLASS_VALUES):
-        components[labels == value] = j
     params = {
         "method": METHOD_NAME,
         "seed": int(seed),
@@ -289,25 +318,11 @@ def fit_wall_first(
         "spacing_mm": list(spacing_mm),
         "prior_source": dict(table.source),
     }
-    fit = Fit(
-        method=METHOD_NAME,
-        labels=labels,
-        components=components,
-        probabilities=probabilities,
-        slice_index=slices,
-        weights_=weights,
-        means_=means,
-        covariances_=covs,
-        component_to_class=np.tile(np.arange(4, dtype=np.int64), (s, 1)),
-        nll_history=np.zeros((s, 0)),
-        n_iter_=np.zeros(s, dtype=np.int64),
-        converged_=np.ones(s, dtype=bool),
-        finished=np.ones(s, dtype=bool),
-        seconds=time.perf_counter() - t0,
-        params=params,
-    )
+    fit = _as_fit(labels, blood, wall, soft, xn, params)
+    fit.seconds = time.perf_counter() - t0
+    s = fit.slice_index.size
     if progress is not None:
-        progress(Progress(s, s, 1, finished=slices.copy(), partial=fit))
+        progress(Progress(s, s, 1, finished=fit.slice_index.copy(), partial=fit))
     return fit
 
 

@@ -66,7 +66,7 @@ from napari_gmmseg.autoroi import format_qc
 from napari_gmmseg.errors import GeometryError, GmmSegError, ModelError, RoiError
 from napari_gmmseg.labels import CLASSES, LV_ROI_VALUES
 from napari_gmmseg.labels import DEFAULT_CHANNELS as _CASE_CHANNELS
-from napari_gmmseg.methods import METHODS, DeepOptions
+from napari_gmmseg.methods import DEFAULT_METHOD, METHODS, DeepOptions
 from napari_gmmseg.presence import PresenceRule
 from napari_gmmseg.segment import segment as segment_fn
 
@@ -169,6 +169,7 @@ class SegmentWidget(QWidget):
         self.method = QComboBox()
         for text, value in METHOD_CHOICES:
             self.method.addItem(text, value)
+        self.method.setCurrentIndex(self.method.findData(DEFAULT_METHOD))
         form.addRow("Method", self.method)
         file_row = QHBoxLayout()
         self.model_file = QLineEdit()
@@ -366,8 +367,9 @@ class SegmentWidget(QWidget):
         else:
             self.model_file.setPlaceholderText("— (deep methods only)")
         self.max_iter_label.setText("max epochs" if deep else "max iter")
-        self.n_init.setEnabled(not deep)
-        self.n_init_label.setEnabled(not deep)
+        restarts = METHODS[method].accepts("n_init")
+        self.n_init.setEnabled(restarts)
+        self.n_init_label.setEnabled(restarts)
         if deep and self.max_iter.value() == _EM_MAX_ITER:
             self.max_iter.setValue(_DEEP_MAX_EPOCHS)
         elif not deep and self.max_iter.value() == _DEEP_MAX_EPOCHS:
@@ -475,7 +477,7 @@ class SegmentWidget(QWidget):
             kwargs["min_epochs"] = min(limit, DeepOptions().min_epochs)
         else:
             kwargs["max_iter"] = limit
-            if self.n_init.value() > 1:
+            if self.n_init.value() > 1 and METHODS[method].accepts("n_init"):
                 kwargs["n_init"] = self.n_init.value()
         kwargs.update(self._deep_options(method))
         kwargs.update(self.options_form.values())
