@@ -410,7 +410,7 @@ def _requested(method: str, options: Mapping[str, Any], presence: Any, roi: Any)
 
     spec = get_method(method)
     own = {f.name: getattr(spec.make_options({}), f.name) for f in fields(spec.options)}
-    defaults.update(own, extreme="refuse")
+    defaults.update(own, extreme="refuse", method=spec.name)  # the method run, not the default
     kwargs = {**defaults, **_method_kwargs(method, options)}
     kwargs = {k: v for k, v in kwargs.items() if k not in _NOT_COMPARED and v is not None}
     roi_key = "gt" if roi is None or str(roi).lower() == "gt" else str(Path(roi).resolve())
