@@ -374,7 +374,9 @@ def test_resume_refuses_maps_made_with_another_seed(first_run, sample_data_dir, 
     shutil.copytree(out0, out)
     label = next((out / "gmm").glob("*.nii.gz"))
     before = label.read_bytes()
-    sidecar = json.loads(label.with_name(label.name.replace(".nii.gz", ".json")).read_text(encoding="utf-8"))
+    sidecar = json.loads(
+        label.with_name(label.name.replace(".nii.gz", ".json")).read_text(encoding="utf-8")
+    )
     assert sidecar["requested"]["options"]["method"] == "gmm"  # the method run, not the default
     res = evaluate_dataset(
         sample_data_dir, ["gmm"], out, progress=False, options={**FAST_OPTIONS, "seed": 1},

@@ -25,7 +25,6 @@ Statistics are computed per slice and class (slices where the class has at least
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_gmmseg.errors import ModelError, OutputExistsError
+from napari_gmmseg.errors import ModelError
 from napari_gmmseg.labels import CLASS_NAMES, CLASS_VALUES, LV_ROI_VALUES
 from napari_gmmseg.naming import PriorTable, canonical_channel
 
@@ -212,36 +211,6 @@ class TissuePrior(PriorTable):
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ModelError(f"not a learned tissue prior: {exc!r}") from exc
         return cls(table.channels, table.classes, table.means, stats, dict(data.get("source", {})))
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> TissuePrior:
-        """Read a learned prior JSON file.
-
-        Raises
-        ------
-        ModelError
-            Missing, unreadable or malformed file.
-        """
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise ModelError(f"cannot read tissue prior {path}: {exc}") from exc
-        try:
-            return cls.from_dict(data)
-        except ModelError as exc:
-            raise ModelError(f"{path}: {exc}") from exc
-
-    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-        """Write JSON atomically (temporary file + rename); refuses to overwrite unless asked."""
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise OutputExistsError(f"{path} exists (pass overwrite=True to replace it)")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1) + "\n")
-        os.replace(tmp, path)
-        return path
 
 
 def _slice_stats(x: np.ndarray, cls: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
