@@ -1,7 +1,8 @@
 """Cross-validated quality on a labelled dataset: leave-one-case-out, labels as named.
 
-For every held-out case the tissue prior (:func:`napari_gmmseg.prior.learn_prior`) is
-learned on the *other* cases only; the held-out case is segmented with the GT LV ROI
+For every held-out case the tissue prior (:func:`napari_gmmseg.prior.learn_prior`) and the
+tissue classifier (:func:`napari_gmmseg.classifier.learn_classifier`) are learned on the
+*other* cases only; the held-out case is segmented with the GT LV ROI
 (500 + 200 + 1220 + 2221) and scored as named (no matching to the ground truth):
 
 - per case scar Dice and scar ∪ edema Dice (the MyoPS 2020 metrics; a case whose
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,6 +34,10 @@ import numpy as np
 
 #: name -> (method, options): the default pipeline, its ablations and the paper's methods.
 CONFIGS: dict[str, tuple[str, dict]] = {
+    "tissue-classifier": ("tissue-classifier", {}),
+    "tissue-classifier, smoothing off": ("tissue-classifier", {"smoothing_mm": 0.0}),
+    "tissue-classifier, presence off": ("tissue-classifier", {"lesion_presence": False}),
+    "tissue-classifier, adaptation off": ("tissue-classifier", {"adapt_iterations": 0}),
     "gmm-prior (default)": ("gmm-prior", {}),
     "gmm-prior, prior off (ML EM from prior means)": ("gmm-prior", {"strength": 0.0}),
     "gmm-prior, prior 1.0": ("gmm-prior", {"strength": 1.0}),
@@ -86,6 +92,7 @@ def score_case(labels: np.ndarray, gt: np.ndarray, spacing_mm) -> dict:
 
 def run(dataset: str, configs: list[str], seed: int = 0) -> dict[str, list[dict]]:
     """Leave-one-case-out scores of every config: ``{config: [case scores]}``."""
+    from napari_gmmseg.classifier import learn_classifier
     from napari_gmmseg.io import discover_cases
     from napari_gmmseg.labels import LV_ROI_VALUES
     from napari_gmmseg.prior import learn_prior
@@ -93,11 +100,18 @@ def run(dataset: str, configs: list[str], seed: int = 0) -> dict[str, list[dict]
 
     cases = [s.load() for s in discover_cases(dataset)]
     out: dict[str, list[dict]] = {c: [] for c in configs}
+    tmp = Path(tempfile.mkdtemp(prefix="cv_quality_"))
     for i, case in enumerate(cases):
-        prior = learn_prior([c for j, c in enumerate(cases) if j != i])  # training folds only
+        train = [c for j, c in enumerate(cases) if j != i]  # training folds only
+        prior = learn_prior(train)
+        model = None
+        if any(CONFIGS[n][0] == "tissue-classifier" for n in configs):
+            model = str(learn_classifier(train, seed=seed).save(tmp / f"fold_{case.case_id}.npz"))
         gt = np.where(np.isin(case.labels, LV_ROI_VALUES), case.labels, 0)
         for name in configs:
             method, opts = CONFIGS[name]
+            if method == "tissue-classifier":
+                opts = {"model": model, **opts}
             t0 = time.perf_counter()
             fit = segment_case(case, method=method, seed=seed, prior=prior, device="cpu", **opts)
             sec = time.perf_counter() - t0

@@ -140,16 +140,13 @@ def test_cli_segment_wall_first(tmp_path, phantom_prior):
     assert {500, 200, 2221} <= set(np.unique(labels).tolist())
 
 
-def test_default_method_is_the_prior_anchored_gmm(case, phantom_prior):
-    """``segment_case`` without ``method`` runs ``gmm-prior``: 4 classes in the ROI, MAP-EM."""
-    from napari_gmmseg.methods import DEFAULT_METHOD
-
-    assert DEFAULT_METHOD == "gmm-prior"
-    fit = segment_case(case, seed=0, prior=phantom_prior)
+def test_gmm_prior_is_the_prior_anchored_gmm(case, phantom_prior):
+    """``gmm-prior``: 4 classes in the ROI, MAP-EM anchored to the prior (strength 0.5)."""
+    fit = segment_case(case, method="gmm-prior", seed=0, prior=phantom_prior)
     assert fit.method == fit.params["method"] == "gmm-prior"
     assert fit.params["wall_first"] is False and fit.params["strength"] == 0.5
     assert np.array_equal(fit.labels > 0, np.isin(case.labels, LV_ROI_VALUES))
     d_blood, d_myo, d_edema, d_scar = dice(fit.labels, _gt(case))
     assert d_blood > 0.9 and d_myo > 0.8 and d_scar > 0.6 and d_edema > 0.4
-    again = segment_case(case, seed=0, prior=phantom_prior)
+    again = segment_case(case, method="gmm-prior", seed=0, prior=phantom_prior)
     assert np.array_equal(fit.labels, again.labels)

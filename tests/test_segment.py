@@ -165,6 +165,7 @@ def test_deep_methods_dispatch_lazily(case, monkeypatch):
         "deepsvg-mu",
         "wall-first",
         "gmm-prior",
+        "tissue-classifier",
     }
 
 

@@ -305,16 +305,15 @@ class MethodSpec:
         return option in {f.name for f in dataclasses.fields(self.options)}
 
 
-def _pipeline_options(name: str) -> type:
-    import napari_gmmseg.wallfirst as wallfirst  # numpy only: no torch here
-
-    return getattr(wallfirst, name)
+def _pipeline_options(name: str, module: str = "napari_gmmseg.wallfirst") -> type:
+    """An options dataclass of a pipeline module (numpy-only modules: no torch here)."""
+    return getattr(importlib.import_module(module), name)
 
 
 #: What :func:`~napari_gmmseg.segment.segment`, ``segment``/``evaluate`` without
 #: ``--method``, the Segment dock and ``make demo`` use: the best method by the as-named
 #: metrics, cross-validated leave-one-case-out on myops_dev (README, docs/quality.md).
-DEFAULT_METHOD = "gmm-prior"
+DEFAULT_METHOD = "tissue-classifier"
 
 
 #: Every method, in the paper's order, then the pipelines with a learned prior.
@@ -374,12 +373,21 @@ METHODS: dict[str, MethodSpec] = {
         ),
         MethodSpec(
             "gmm-prior",
-            "GMM + learned prior (default)",
+            "GMM + learned prior",
             "pipeline",
             _pipeline_options("PriorGMMOptions"),
             "napari_gmmseg.wallfirst:fit_pipeline",
             "4-class GMM by MAP-EM in the ROI on bSSFP, LGE and T2, anchored to the learned "
-            "tissue prior (conjugate priors, strength 0.5); the default",
+            "tissue prior (conjugate priors, strength 0.5)",
+        ),
+        MethodSpec(
+            "tissue-classifier",
+            "learned tissue classifier (default)",
+            "pipeline",
+            _pipeline_options("ClassifierOptions", "napari_gmmseg.classifier.pipeline"),
+            "napari_gmmseg.classifier.pipeline:fit_pipeline",
+            "supervised pixel MLP (intensity, local context, depth in the ROI; shipped: learned "
+            "on myops_dev) as the mixing weights Pi of a per-slice SVGMM fitted by EM; the default",
         ),
     )
 }

@@ -224,7 +224,7 @@ def segment(
     channels : sequence of str, optional
         Sequence name of every channel (``bSSFP``/``C0``, ``LGE``/``DE``, ``T2``); default
         ``("bSSFP", "LGE", "T2")`` for three channels. Used to name the components.
-    method : str, default "gmm-prior"
+    method : str, default "tissue-classifier"
         One of :data:`METHODS` (:data:`napari_gmmseg.methods.DEFAULT_METHOD`: the best
         cross-validated method; ``"gmm"`` etc. are the paper's, unchanged).
     n_classes : int, default 4

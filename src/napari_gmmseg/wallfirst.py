@@ -39,6 +39,7 @@ __all__ = [
     "WALL_FIRST_OPTIONS",
     "PriorGMMOptions",
     "WallFirstOptions",
+    "class_fit",
     "fit_pipeline",
     "fit_wall_first",
 ]
@@ -144,7 +145,7 @@ def _per_slice_stats(
     return w, mu, var
 
 
-def _as_fit(
+def class_fit(
     labels: np.ndarray,
     blood: np.ndarray,
     wall: np.ndarray,
@@ -318,7 +319,7 @@ def fit_wall_first(
         "spacing_mm": list(spacing_mm),
         "prior_source": dict(table.source),
     }
-    fit = _as_fit(labels, blood, wall, soft, xn, params)
+    fit = class_fit(labels, blood, wall, soft, xn, params)
     fit.seconds = time.perf_counter() - t0
     s = fit.slice_index.size
     if progress is not None:

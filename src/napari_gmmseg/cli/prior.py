@@ -31,20 +31,12 @@ def run(args: argparse.Namespace) -> int:
     """Learn, write and print the prior."""
     from pathlib import Path
 
-    from napari_gmmseg.errors import ModelError, OutputExistsError
-    from napari_gmmseg.io import discover_cases
+    from napari_gmmseg.errors import OutputExistsError
     from napari_gmmseg.prior import learn_prior
 
     if Path(args.out).exists() and not args.force:
         raise OutputExistsError(f"{args.out} exists; pass --force to replace it")
-    sources = discover_cases(args.dataset)
-    if args.cases:
-        wanted = {c.strip() for c in args.cases.split(",") if c.strip()}
-        sources = [s for s in sources if s.case_id in wanted]
-        missing = wanted - {s.case_id for s in sources}
-        if missing:
-            raise ModelError(f"cases {sorted(missing)} not found in {args.dataset}")
-    prior = learn_prior(sources)
+    prior = learn_prior(select_cases(args.dataset, args.cases))
     prior.save(args.out, overwrite=args.force)
     print(f"wrote {args.out} ({prior.source['n_cases']} cases)")
     for norm, st in prior.stats.items():
@@ -52,3 +44,25 @@ def run(args: argparse.Namespace) -> int:
         for name, row, w in zip(prior.classes, st.means, st.weights, strict=True):
             print(f"  {name:>14s}  " + "  ".join(f"{v:7.3f}" for v in row) + f"  {w:6.3f}")
     return 0
+
+
+def select_cases(dataset: str, cases: str | None) -> list:
+    """The :class:`~napari_gmmseg.io.CaseSource` of ``dataset``, only ``cases`` (comma-separated
+    ids) when given.
+
+    Raises
+    ------
+    ModelError
+        A requested case id is not in the dataset.
+    """
+    from napari_gmmseg.errors import ModelError
+    from napari_gmmseg.io import discover_cases
+
+    sources = discover_cases(dataset)
+    if cases:
+        wanted = {c.strip() for c in cases.split(",") if c.strip()}
+        sources = [s for s in sources if s.case_id in wanted]
+        missing = wanted - {s.case_id for s in sources}
+        if missing:
+            raise ModelError(f"cases {sorted(missing)} not found in {dataset}")
+    return sources

@@ -1,0 +1,246 @@
+"""The ``tissue-classifier`` method: learned pixel classifier, adapted per slice, smoothed.
+
+1. features of every ROI pixel (:mod:`napari_gmmseg.classifier.features`);
+2. class probabilities from the learned MLP (:class:`~napari_gmmseg.classifier.model.TissueClassifier`,
+   by default the one shipped, learned on the 15 myops_dev cases);
+3. per-slice EM with those probabilities as the mixing weights Pi of a spatially variant GMM
+   (:mod:`napari_gmmseg.classifier.adapt`): the scan's own contrast moves the class borders;
+4. the probability maps are smoothed inside the ROI (Gaussian, ``smoothing_mm``; normalised
+   convolution) and each pixel takes the most probable class;
+5. the lesion presence rule of the wall-first pipeline: a slice (or case) whose scar (edema)
+   covers less than 2 % of its wall has none (:func:`napari_gmmseg.pathology.apply_rules`).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from napari_gmmseg.classifier.adapt import ADAPT_ITERATIONS
+from napari_gmmseg.errors import ModelError, RoiError
+from napari_gmmseg.fit import Fit, Progress
+from napari_gmmseg.labels import CLASS_VALUES
+
+__all__ = ["METHOD_NAME", "SMOOTHING_MM", "ClassifierOptions", "fit_pipeline"]
+
+#: The registry name of this method.
+METHOD_NAME = "tissue-classifier"
+#: Gaussian smoothing of the class probability maps (mm).
+SMOOTHING_MM = 2.0
+
+
+@dataclass(frozen=True)
+class ClassifierOptions:
+    """Options of ``tissue-classifier``."""
+
+    model: str | None = field(
+        default=None,
+        metadata={"help": "classifier .npz (napari-gmmseg classifier; default: the shipped one)"},
+    )
+    adapt_iterations: int = field(
+        default=ADAPT_ITERATIONS,
+        metadata={"help": "per-slice EM iterations with the classifier as mixing weights (0: off)"},
+    )
+    smoothing_mm: float = field(
+        default=SMOOTHING_MM, metadata={"help": "Gaussian smoothing of the class maps (mm)"}
+    )
+    lesion_presence: bool = field(
+        default=True, metadata={"help": "drop scar/edema under 2 percent of the wall (slice, case)"}
+    )
+    spacing_mm: tuple[float, float, float] | None = field(
+        default=None, metadata={"help": "voxel spacing (z, y, x)", "cli": False}
+    )
+
+    def __post_init__(self) -> None:
+        if not np.isfinite(self.smoothing_mm) or self.smoothing_mm < 0:
+            raise ModelError(f"smoothing_mm must be >= 0, got {self.smoothing_mm}")
+        if int(self.adapt_iterations) != self.adapt_iterations or self.adapt_iterations < 0:
+            raise ModelError(
+                f"adapt_iterations must be an integer >= 0, got {self.adapt_iterations}"
+            )
+
+
+def _smooth_in_roi(prob: np.ndarray, roi: np.ndarray, sigma_px: float) -> np.ndarray:
+    """``(Z, Y, X, K)`` probabilities smoothed in-plane inside ``roi`` (normalised convolution)."""
+    from scipy import ndimage as ndi
+
+    if sigma_px <= 0:
+        return prob
+    w = roi.astype(np.float32)
+    sig = (0.0, sigma_px, sigma_px)
+    den = np.maximum(ndi.gaussian_filter(w, sig, mode="constant"), 1e-6)
+    out = np.stack(
+        [
+            ndi.gaussian_filter(prob[..., k] * w, sig, mode="constant") / den
+            for k in range(prob.shape[-1])
+        ],
+        axis=-1,
+    )
+    return np.where(roi[..., None], out, 0.0).astype(np.float32)
+
+
+def classify_volume(
+    images: np.ndarray,
+    roi: np.ndarray,
+    channels: Sequence[str],
+    *,
+    pixel_mm: float,
+    model: Any = None,
+    smoothing_mm: float = SMOOTHING_MM,
+    adapt_iterations: int = ADAPT_ITERATIONS,
+    device: Any = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities of the ROI pixels: classifier, per-slice EM adaptation, smoothing.
+
+    Parameters
+    ----------
+    images : numpy.ndarray
+        ``(Z, Y, X, C)`` intensities; ``channels`` names them.
+    roi : numpy.ndarray
+        ``(Z, Y, X)`` bool ROI.
+    pixel_mm : float
+        In-plane pixel size (mm).
+    model : TissueClassifier, path or None
+        The classifier (None: the shipped one).
+    smoothing_mm, adapt_iterations : float, int
+        Gaussian smoothing of the final maps; EM iterations of the adaptation (0: off).
+    device : str or torch.device
+
+    Returns
+    -------
+    probabilities : numpy.ndarray
+        ``(Z, Y, X, 4)`` float32 in class order (0 outside ``used``).
+    used : numpy.ndarray
+        ``(Z, Y, X)`` bool, the ROI pixels of slices with at least two ROI pixels.
+    """
+    from napari_gmmseg.classifier.adapt import adapt_per_slice
+    from napari_gmmseg.classifier.features import (
+        FEATURE_CHANNELS,
+        FEATURE_NAMES,
+        feature_columns,
+        volume_features,
+    )
+    from napari_gmmseg.classifier.model import load_classifier
+
+    clf = load_classifier(model)
+    x, used = volume_features(images[..., feature_columns(channels)], roi, pixel_mm)
+    pi = clf.predict_proba(x, device=device)
+    z_cols = [FEATURE_NAMES.index(f"{c} z") for c in FEATURE_CHANNELS]
+    slice_id = np.nonzero(used)[0]
+    slice_id = np.unique(slice_id, return_inverse=True)[1]
+    r = adapt_per_slice(pi, x[:, z_cols], slice_id, iterations=adapt_iterations, device=device)
+    prob = np.zeros((*roi.shape, len(CLASS_VALUES)), dtype=np.float32)
+    prob[used] = r
+    return _smooth_in_roi(prob, used, smoothing_mm / pixel_mm), used
+
+
+def fit_pipeline(
+    images: np.ndarray,
+    roi: np.ndarray,
+    *,
+    channels: Sequence[str],
+    options: ClassifierOptions,
+    seed: int = 0,
+    device: Any = "cpu",
+    prior: Any = None,
+    progress: Callable[[Progress], Any] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Fit:
+    """The registry's ``"pipeline"`` entry point (module docstring).
+
+    Parameters
+    ----------
+    images : numpy.ndarray
+        ``(Z, Y, X, C)`` intensities with bSSFP, LGE and T2 among ``channels``.
+    roi : numpy.ndarray
+        ``(Z, Y, X)`` bool LV ROI (blood pool + myocardium).
+    options : ClassifierOptions
+    seed : int
+        Recorded only: inference is deterministic.
+    device : str or torch.device
+        Where the MLP runs.
+    prior : object
+        Unused (the classifier carries what it learned); accepted for the registry's call.
+    progress, should_stop : callable, optional
+        Progress report at the end; ``should_stop`` is checked before the classifier runs.
+
+    Returns
+    -------
+    Fit
+        ``method="tissue-classifier"``, MyoPS labels, smoothed class probabilities.
+
+    Raises
+    ------
+    ModelError
+        Missing sequences, an unreadable classifier file, or cancelled.
+    RoiError
+        A ROI of the wrong shape.
+    """
+    from napari_gmmseg.classifier.model import load_classifier
+    from napari_gmmseg.pathology import PATHOLOGY_CLASSES, apply_rules
+    from napari_gmmseg.preprocess import resolve_device
+    from napari_gmmseg.prior import normalise_zscore
+    from napari_gmmseg.wallfirst import class_fit
+
+    del prior
+    t0 = time.perf_counter()
+    images, roi = np.asarray(images), np.asarray(roi, dtype=bool)
+    if images.ndim != 4 or roi.shape != images.shape[:3]:
+        raise RoiError(f"ROI shape {roi.shape} does not fit images of shape {images.shape}")
+    spacing_mm = options.spacing_mm
+    if spacing_mm is None:
+        warnings.warn("tissue-classifier without spacing_mm: assuming 1 mm pixels", stacklevel=2)
+        spacing_mm = (1.0, 1.0, 1.0)
+    spacing_mm = tuple(float(v) for v in spacing_mm)
+    if should_stop is not None and should_stop():
+        raise ModelError("cancelled")
+    dev = resolve_device(device)
+    clf = load_classifier(options.model)
+    prob, used = classify_volume(
+        images,
+        roi,
+        channels,
+        pixel_mm=spacing_mm[1],
+        model=clf,
+        smoothing_mm=options.smoothing_mm,
+        adapt_iterations=options.adapt_iterations,
+        device=dev,
+    )
+    k = np.where(used, prob.argmax(-1), -1)
+    blood = used & (k == 0)
+    wall = used & ~blood
+    cls = np.where(wall, k - 1, -1)  # index into PATHOLOGY_CLASSES
+    cls = apply_rules(
+        cls,
+        prob[..., 1:],
+        wall,
+        np.zeros_like(wall),
+        rim_rule=False,
+        presence=bool(options.lesion_presence),
+    )
+    wall_values = np.asarray([CLASS_VALUES[1 + i] for i in range(len(PATHOLOGY_CLASSES))])
+    labels = np.where(blood, CLASS_VALUES[0], np.where(wall, wall_values[np.maximum(cls, 0)], 0))
+    params = {
+        "method": METHOD_NAME,
+        "seed": int(seed),
+        "device": str(dev),
+        "channels": list(channels),
+        "smoothing_mm": float(options.smoothing_mm),
+        "adapt_iterations": int(options.adapt_iterations),
+        "lesion_presence": bool(options.lesion_presence),
+        "spacing_mm": list(spacing_mm),
+        "classifier": {k_: v for k_, v in clf.meta.items() if k_ not in ("features", "classes")},
+    }
+    fit = class_fit(
+        labels.astype(np.int32), blood, wall, prob[..., 1:], normalise_zscore(images, roi), params
+    )
+    fit.seconds = time.perf_counter() - t0
+    s = fit.slice_index.size
+    if progress is not None:
+        progress(Progress(s, s, 1, finished=fit.slice_index.copy(), partial=fit))
+    return fit
