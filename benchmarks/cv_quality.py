@@ -16,6 +16,7 @@ tissue classifier (:func:`napari_gmmseg.classifier.learn_classifier`) are learne
 Usage::
 
     python benchmarks/cv_quality.py ../shared/data/myops_dev --out cv_quality.md
+    python benchmarks/cv_quality.py ../shared/data/myops_dev --roi auto --configs "tissue-classifier"
 
 The paper's methods (``gmm``, ``svgmm``) run through :func:`napari_gmmseg.segment.segment_case`
 with the held-out prior for naming; the wall-first rows differ from the default in one
@@ -90,8 +91,13 @@ def score_case(labels: np.ndarray, gt: np.ndarray, spacing_mm) -> dict:
     }
 
 
-def run(dataset: str, configs: list[str], seed: int = 0) -> dict[str, list[dict]]:
-    """Leave-one-case-out scores of every config: ``{config: [case scores]}``."""
+def run(dataset: str, configs: list[str], seed: int = 0, roi: str = "gt") -> dict[str, list[dict]]:
+    """Leave-one-case-out scores of every config: ``{config: [case scores]}``.
+
+    ``roi="auto"``: the held-out case is segmented inside the automatic ROI (found once per
+    case from bSSFP, :func:`napari_gmmseg.autoroi.find_roi`) and scored against its whole
+    ground truth; ``"gt"``: inside the ground-truth LV.
+    """
     from napari_gmmseg.classifier import learn_classifier
     from napari_gmmseg.io import discover_cases
     from napari_gmmseg.labels import LV_ROI_VALUES
@@ -108,12 +114,19 @@ def run(dataset: str, configs: list[str], seed: int = 0) -> dict[str, list[dict]
         if any(CONFIGS[n][0] == "tissue-classifier" for n in configs):
             model = str(learn_classifier(train, seed=seed).save(tmp / f"fold_{case.case_id}.npz"))
         gt = np.where(np.isin(case.labels, LV_ROI_VALUES), case.labels, 0)
+        case_roi = "gt"
+        if roi == "auto":
+            from napari_gmmseg.autoroi import find_roi
+
+            case_roi = find_roi(case.images, case.channels, case.spacing_mm).roi
         for name in configs:
             method, opts = CONFIGS[name]
             if method == "tissue-classifier":
                 opts = {"model": model, **opts}
             t0 = time.perf_counter()
-            fit = segment_case(case, method=method, seed=seed, prior=prior, device="cpu", **opts)
+            fit = segment_case(
+                case, method=method, seed=seed, prior=prior, device="cpu", roi=case_roi, **opts
+            )
             sec = time.perf_counter() - t0
             row = score_case(fit.labels, gt, case.spacing_mm)
             row.update(case=case.case_id, seconds=sec)
@@ -155,12 +168,13 @@ def main() -> None:
     ap.add_argument("--configs", default=";".join(CONFIGS), help="';'-separated config names")
     ap.add_argument("--out", help="markdown file to write (with a JSON of the per-case rows)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--roi", choices=("gt", "auto"), default="gt", help="ROI of the held-out case")
     args = ap.parse_args()
     configs = [c for c in args.configs.split(";") if c]
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
         raise SystemExit(f"unknown configs {unknown}; known: {list(CONFIGS)}")
-    results = run(args.dataset, configs, args.seed)
+    results = run(args.dataset, configs, args.seed, args.roi)
     md = table(results)
     print(md)
     if args.out:

@@ -45,6 +45,11 @@ def test_features_do_not_depend_on_the_intensity_scale(cases):
     np.testing.assert_allclose(x2, x, atol=1e-4)
     depth = x[:, FEATURE_NAMES.index("relative depth in ROI")]
     assert depth.min() > 0 and depth.max() == pytest.approx(1.0)
+    np.testing.assert_array_equal(volume_features(case.images, roi, (1.25, 1.25))[0], x)
+    # non-square pixels: depth in cm follows each axis' size
+    cm = FEATURE_NAMES.index("distance to ROI border (cm)")
+    wide = volume_features(case.images, roi, (1.25, 2.5))[0][:, cm]
+    assert x[:, cm].max() < wide.max() < 2 * x[:, cm].max()
 
 
 def test_learning_is_seeded_and_the_file_round_trips(cases, phantom_model, tmp_path):

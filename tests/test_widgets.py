@@ -112,6 +112,13 @@ def test_each_method_fills_a_tissue_labels_layer(
     assert widget.n_init.isEnabled() is em  # restarts are an EM option
     if method == "deepsvg-mu":
         widget.model_file.setText(str(mu_data_file(case, tmp_path)))
+    takes_model = METHODS[method].accepts("model")
+    assert widget.model_file.isEnabled() is (deep or takes_model)
+    if takes_model:  # a classifier learned on this case, chosen in the Model file row
+        from napari_gmmseg.classifier import learn_classifier
+
+        model = learn_classifier([case], epochs=1).save(tmp_path / "clf.npz")
+        widget.model_file.setText(str(model))
     widget.probabilities.setChecked(True)
     n_layers = len(viewer.layers)
     run_and_wait(qtbot, widget, timeout=90_000)
@@ -130,6 +137,9 @@ def test_each_method_fills_a_tissue_labels_layer(
     elif em:  # so did the restarts: one best restart recorded per fitted slice
         assert meta["options"]["n_init"] == 3 and fit.params["engine"]["n_init"] == 3
         assert len(fit.params["engine"]["best_restart"]) == len(fit.slice_index)
+    if takes_model:
+        assert meta["options"]["model"] == str(model)
+        assert fit.params["classifier"]["cases"] == [case.case_id]
     assert out.metadata[GEOMETRY_KEY] is case.geometry  # Export restores the source grid
     np.testing.assert_allclose(out.scale, case.spacing_mm)
     # volumes table: class, voxels, mL from the voxel count and the spacing

@@ -358,14 +358,17 @@ class SegmentWidget(QWidget):
         method = self.method.currentData()
         self.options_form.show_method(method)
         deep = method in DEEP_METHODS
-        self.model_file.setEnabled(deep)
-        self.model_browse.setEnabled(deep)
+        has_file = deep or METHODS[method].accepts("model")
+        self.model_file.setEnabled(has_file)
+        self.model_browse.setEnabled(has_file)
         if method == "deepsvg-mu":
             self.model_file.setPlaceholderText("mu_data .json or weights .pt (optional)")
         elif deep:
             self.model_file.setPlaceholderText("trained weights .pt (optional)")
+        elif has_file:
+            self.model_file.setPlaceholderText("classifier .npz (optional; default: shipped)")
         else:
-            self.model_file.setPlaceholderText("— (deep methods only)")
+            self.model_file.setPlaceholderText("— (deep methods and the classifier only)")
         self.max_iter_label.setText("max epochs" if deep else "max iter")
         restarts = METHODS[method].accepts("n_init")
         self.n_init.setEnabled(restarts)
@@ -393,7 +396,7 @@ class SegmentWidget(QWidget):
 
     def _browse_model(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
-            self, "Model file", "", "Model files (*.pt *.pth *.json);;All files (*)"
+            self, "Model file", "", "Model files (*.pt *.pth *.json *.npz);;All files (*)"
         )
         if path:
             self.model_file.setText(path)
@@ -479,7 +482,7 @@ class SegmentWidget(QWidget):
             kwargs["max_iter"] = limit
             if self.n_init.value() > 1 and METHODS[method].accepts("n_init"):
                 kwargs["n_init"] = self.n_init.value()
-        kwargs.update(self._deep_options(method))
+        kwargs.update(self._model_file_options(method))
         kwargs.update(self.options_form.values())
         label = dict((v, t) for t, v in METHOD_CHOICES)[method]
         return SegmentRequest(
@@ -503,18 +506,22 @@ class SegmentWidget(QWidget):
             raise ModelError(f"tolerance must be >= 0, got {tol}")
         return tol
 
-    def _deep_options(self, method: str) -> dict[str, Any]:
-        """``weights=`` for a trained model file, ``mu_data=`` for a JSON table of class means."""
+    def _model_file_options(self, method: str) -> dict[str, Any]:
+        """``weights=`` for a trained model file, ``mu_data=`` for a JSON table of class means,
+        ``model=`` for a tissue classifier ``.npz``."""
         from pathlib import Path
 
-        if method not in DEEP_METHODS:
+        takes_model = METHODS[method].accepts("model")
+        if method not in DEEP_METHODS and not takes_model:
             return {}
         text = self.model_file.text().strip()
         if not text:
-            return {}  # Algorithm 3 (deepSVG_mu: the built-in prior table as mu_data)
+            return {}  # Algorithm 3 / the shipped classifier
         path = Path(text).expanduser()
         if not path.is_file():
             raise ModelError(f"model file not found: {path}")
+        if takes_model:
+            return {"model": str(path)}
         if path.suffix.lower() == ".json":
             return {"mu_data": path}
         return {"weights": path}

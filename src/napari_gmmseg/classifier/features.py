@@ -49,7 +49,7 @@ FEATURE_NAMES: tuple[str, ...] = (
 _MIN_ROI_PIXELS = 2
 
 
-def _local_mean(z: np.ndarray, weight: np.ndarray, sigma_px: float) -> np.ndarray:
+def _local_mean(z: np.ndarray, weight: np.ndarray, sigma_px: tuple[float, float]) -> np.ndarray:
     """Gaussian mean of ``z`` over the pixels where ``weight`` is 1 (normalised convolution)."""
     from scipy import ndimage as ndi
 
@@ -58,7 +58,9 @@ def _local_mean(z: np.ndarray, weight: np.ndarray, sigma_px: float) -> np.ndarra
     return num / np.maximum(den, 1e-6)
 
 
-def slice_features(image: np.ndarray, roi: np.ndarray, pixel_mm: float) -> np.ndarray:
+def slice_features(
+    image: np.ndarray, roi: np.ndarray, pixel_mm: float | tuple[float, float]
+) -> np.ndarray:
     """Features of the ROI pixels of one slice.
 
     Parameters
@@ -67,18 +69,19 @@ def slice_features(image: np.ndarray, roi: np.ndarray, pixel_mm: float) -> np.nd
         ``(Y, X, 3)`` intensities of bSSFP, LGE and T2 (:data:`FEATURE_CHANNELS` order).
     roi : numpy.ndarray
         ``(Y, X)`` bool ROI with at least two pixels.
-    pixel_mm : float
-        In-plane pixel size in mm.
+    pixel_mm : float or (float, float)
+        In-plane pixel size in mm (one value, or the ``(y, x)`` sizes).
 
     Returns
     -------
     numpy.ndarray
-        ``(n, len(FEATURE_NAMES))`` float32, one row per ROI pixel in ``np.nonzero(roi)`` order.
+        ``(n, len(FEATURE_NAMES)) float32, one row per ROI pixel in ``np.nonzero(roi)`` order.
     """
     from scipy import ndimage as ndi
 
+    py, px = (float(pixel_mm),) * 2 if np.isscalar(pixel_mm) else map(float, pixel_mm)
     ys, xs = np.nonzero(roi)
-    margin = int(np.ceil(4 * max(SMOOTHING_SCALES_MM) / pixel_mm)) + 1
+    margin = int(np.ceil(4 * max(SMOOTHING_SCALES_MM) / min(py, px))) + 1
     y0, x0 = max(ys.min() - margin, 0), max(xs.min() - margin, 0)
     crop = (slice(y0, ys.max() + margin + 1), slice(x0, xs.max() + margin + 1))
     img = np.asarray(image[crop], dtype=np.float32)
@@ -93,14 +96,14 @@ def slice_features(image: np.ndarray, roi: np.ndarray, pixel_mm: float) -> np.nd
         rank = np.empty(values.size, dtype=np.float32)
         rank[np.argsort(values, kind="stable")] = np.linspace(0.0, 1.0, values.size)
         columns += [z[mask], rank]
-        columns += [_local_mean(z, weight, s / pixel_mm)[mask] for s in SMOOTHING_SCALES_MM]
-    depth_mm = ndi.distance_transform_edt(mask) * pixel_mm
+        columns += [_local_mean(z, weight, (s / py, s / px))[mask] for s in SMOOTHING_SCALES_MM]
+    depth_mm = ndi.distance_transform_edt(mask, sampling=(py, px))
     columns += [depth_mm[mask] / 10.0, depth_mm[mask] / max(float(depth_mm.max()), 1e-6)]
     return np.stack(columns, axis=1).astype(np.float32)
 
 
 def volume_features(
-    images: np.ndarray, roi: np.ndarray, pixel_mm: float
+    images: np.ndarray, roi: np.ndarray, pixel_mm: float | tuple[float, float]
 ) -> tuple[np.ndarray, np.ndarray]:
     """Features of every ROI pixel of a volume, slice by slice.
 
@@ -110,8 +113,8 @@ def volume_features(
         ``(Z, Y, X, 3)`` bSSFP, LGE, T2.
     roi : numpy.ndarray
         ``(Z, Y, X)`` bool ROI.
-    pixel_mm : float
-        In-plane pixel size in mm.
+    pixel_mm : float or (float, float)
+        In-plane pixel size in mm (one value, or the ``(y, x)`` sizes).
 
     Returns
     -------

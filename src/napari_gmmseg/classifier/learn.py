@@ -41,7 +41,7 @@ def case_training_pixels(case: Any) -> tuple[np.ndarray, np.ndarray]:
     if not roi.any():
         raise ModelError(f"case {case.case_id}: its mask has no LV (values {LV_ROI_VALUES})")
     cols = feature_columns(case.channels)
-    x, used = volume_features(case.images[..., cols], roi, float(case.spacing_mm[1]))
+    x, used = volume_features(case.images[..., cols], roi, tuple(case.spacing_mm[1:]))
     lut = {v: i for i, v in enumerate(CLASS_VALUES)}
     y = np.vectorize(lut.__getitem__, otypes=[np.int64])(case.labels[used])
     return x, y

@@ -65,14 +65,14 @@ class ClassifierOptions:
             )
 
 
-def _smooth_in_roi(prob: np.ndarray, roi: np.ndarray, sigma_px: float) -> np.ndarray:
+def _smooth_in_roi(prob: np.ndarray, roi: np.ndarray, sigma_px: tuple[float, float]) -> np.ndarray:
     """``(Z, Y, X, K)`` probabilities smoothed in-plane inside ``roi`` (normalised convolution)."""
     from scipy import ndimage as ndi
 
-    if sigma_px <= 0:
+    if min(sigma_px) <= 0:
         return prob
     w = roi.astype(np.float32)
-    sig = (0.0, sigma_px, sigma_px)
+    sig = (0.0, *sigma_px)
     den = np.maximum(ndi.gaussian_filter(w, sig, mode="constant"), 1e-6)
     out = np.stack(
         [
@@ -89,7 +89,7 @@ def classify_volume(
     roi: np.ndarray,
     channels: Sequence[str],
     *,
-    pixel_mm: float,
+    pixel_mm: tuple[float, float],
     model: Any = None,
     smoothing_mm: float = SMOOTHING_MM,
     adapt_iterations: int = ADAPT_ITERATIONS,
@@ -103,8 +103,8 @@ def classify_volume(
         ``(Z, Y, X, C)`` intensities; ``channels`` names them.
     roi : numpy.ndarray
         ``(Z, Y, X)`` bool ROI.
-    pixel_mm : float
-        In-plane pixel size (mm).
+    pixel_mm : (float, float)
+        In-plane ``(y, x)`` pixel size (mm).
     model : TissueClassifier, path or None
         The classifier (None: the shipped one).
     smoothing_mm, adapt_iterations : float, int
@@ -136,7 +136,8 @@ def classify_volume(
     r = adapt_per_slice(pi, x[:, z_cols], slice_id, iterations=adapt_iterations, device=device)
     prob = np.zeros((*roi.shape, len(CLASS_VALUES)), dtype=np.float32)
     prob[used] = r
-    return _smooth_in_roi(prob, used, smoothing_mm / pixel_mm), used
+    sigma_px = (smoothing_mm / pixel_mm[0], smoothing_mm / pixel_mm[1])
+    return _smooth_in_roi(prob, used, sigma_px), used
 
 
 def fit_pipeline(
@@ -205,7 +206,7 @@ def fit_pipeline(
         images,
         roi,
         channels,
-        pixel_mm=spacing_mm[1],
+        pixel_mm=spacing_mm[1:],
         model=clf,
         smoothing_mm=options.smoothing_mm,
         adapt_iterations=options.adapt_iterations,
