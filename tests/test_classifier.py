@@ -130,6 +130,26 @@ def test_it_is_the_default_method(cases, phantom_model, tmp_path):
     assert fit.method == fit.params["method"] == "tissue-classifier"
 
 
+def test_implausible_slices_are_flagged(cases, phantom_model, tmp_path):
+    from napari_gmmseg.classifier.pipeline import slice_qc
+
+    yy, xx = np.mgrid[:40, :40]
+    r = np.hypot(yy - 20, xx - 20)
+    blood, wall = np.stack([r < 8] * 3), np.stack([(r >= 8) & (r < 14)] * 3)
+    z = np.where(blood, 2.0, np.where(wall, -0.5, 0.0))
+    z[1] = np.where(blood[1], -0.5, z[1])  # slice 1: the "pool" is as dark as the wall
+    blood[2] = False  # slice 2: no pool at all
+    with pytest.warns(UserWarning, match="slice 1: low_pool_contrast, slice 2: no_blood_pool"):
+        flags = slice_qc(blood, wall, z)
+    assert flags == [
+        {"slice": 1, "flag": "low_pool_contrast"},
+        {"slice": 2, "flag": "no_blood_pool"},
+    ]
+    path = str(phantom_model.save(tmp_path / "m.npz"))
+    ok = segment_case(cases[2], method="tissue-classifier", model=path, roi="gt")
+    assert ok.params["slice_qc"] == []
+
+
 def test_options_are_checked():
     with pytest.raises(ModelError, match="smoothing_mm"):
         ClassifierOptions(smoothing_mm=-1.0)

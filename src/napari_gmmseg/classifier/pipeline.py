@@ -32,6 +32,10 @@ __all__ = ["METHOD_NAME", "SMOOTHING_MM", "ClassifierOptions", "fit_pipeline"]
 METHOD_NAME = "tissue-classifier"
 #: Gaussian smoothing of the class probability maps (mm).
 SMOOTHING_MM = 2.0
+#: A slice is flagged when its blood pool (wall) is under this share of its ROI.
+QC_MIN_SHARE = 0.02
+#: ... or its blood pool is less than this many ROI SDs brighter than its wall on bSSFP.
+QC_MIN_POOL_CONTRAST = 0.5
 
 
 @dataclass(frozen=True)
@@ -140,6 +144,40 @@ def classify_volume(
     return _smooth_in_roi(prob, used, sigma_px), used
 
 
+def slice_qc(blood: np.ndarray, wall: np.ndarray, bssfp_z: np.ndarray) -> list[dict[str, Any]]:
+    """Implausible slices, named in a warning: ``[{"slice": z, "flag": ...}]``.
+
+    Flags: ``no_blood_pool`` / ``no_wall`` (under :data:`QC_MIN_SHARE` of the slice's ROI),
+    ``low_pool_contrast`` (the blood pool is less than :data:`QC_MIN_POOL_CONTRAST` ROI SDs
+    brighter than the wall on bSSFP; 1.0-2.1 on the 59 LV slices of myops_dev). Such a slice
+    is not what an LV ROI looks like (a ROI off the heart or inside the pool, a failed fit):
+    the labels are kept and the slice is reported.
+
+    Parameters
+    ----------
+    blood, wall : numpy.ndarray
+        ``(Z, Y, X)`` bool masks of the result.
+    bssfp_z : numpy.ndarray
+        ``(Z, Y, X)`` bSSFP z-scored over each slice's ROI.
+    """
+    z = blood.shape[0]
+    n_blood, n_wall = blood.reshape(z, -1).sum(1), wall.reshape(z, -1).sum(1)
+    n_roi = n_blood + n_wall
+    flags = []
+    for zi in np.nonzero(n_roi)[0]:
+        share = {"no_blood_pool": n_blood[zi], "no_wall": n_wall[zi]}
+        found = [f for f, n in share.items() if n < QC_MIN_SHARE * n_roi[zi]]
+        if not found:
+            contrast = bssfp_z[zi][blood[zi]].mean() - bssfp_z[zi][wall[zi]].mean()
+            if contrast < QC_MIN_POOL_CONTRAST:
+                found.append("low_pool_contrast")
+        flags += [{"slice": int(zi), "flag": f} for f in found]
+    if flags:
+        listed = ", ".join(f"slice {f['slice']}: {f['flag']}" for f in flags)
+        warnings.warn(f"tissue-classifier: implausible slices ({listed})", stacklevel=3)
+    return flags
+
+
 def fit_pipeline(
     images: np.ndarray,
     roi: np.ndarray,
@@ -182,6 +220,7 @@ def fit_pipeline(
     RoiError
         A ROI of the wrong shape.
     """
+    from napari_gmmseg.classifier.features import feature_columns
     from napari_gmmseg.classifier.model import load_classifier
     from napari_gmmseg.pathology import PATHOLOGY_CLASSES, apply_rules
     from napari_gmmseg.preprocess import resolve_device
@@ -237,9 +276,10 @@ def fit_pipeline(
         "spacing_mm": list(spacing_mm),
         "classifier": {k_: v for k_, v in clf.meta.items() if k_ not in ("features", "classes")},
     }
-    fit = class_fit(
-        labels.astype(np.int32), blood, wall, prob[..., 1:], normalise_zscore(images, roi), params
-    )
+    xn = normalise_zscore(images, roi)
+    bssfp = feature_columns(channels)[0]
+    params["slice_qc"] = slice_qc(blood, wall, xn[..., bssfp])
+    fit = class_fit(labels.astype(np.int32), blood, wall, prob[..., 1:], xn, params)
     fit.seconds = time.perf_counter() - t0
     s = fit.slice_index.size
     if progress is not None:
