@@ -117,6 +117,7 @@ def test_the_method_segments_a_held_out_phantom_case(cases, phantom_model, tmp_p
     assert fit.params["classifier"]["cases"] == [cases[0].case_id, cases[1].case_id]
     assert fit.params["method_options"]["model"] == path
     assert fit.probabilities.shape == (*roi.shape, 4)
+    assert (fit.n_iter_ == 10).all() and fit.n_iter_.shape == (3,)
     again = segment_case(case, method="tissue-classifier", model=path, roi="gt")
     np.testing.assert_array_equal(again.labels, fit.labels)
 

@@ -280,6 +280,7 @@ def fit_pipeline(
     bssfp = feature_columns(channels)[0]
     params["slice_qc"] = slice_qc(blood, wall, xn[..., bssfp])
     fit = class_fit(labels.astype(np.int32), blood, wall, prob[..., 1:], xn, params)
+    fit.n_iter_[:] = int(options.adapt_iterations)  # EM iterations of the adaptation
     fit.seconds = time.perf_counter() - t0
     s = fit.slice_index.size
     if progress is not None:
