@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from cv_quality import score_case, table
 
 FOLDS = 5
