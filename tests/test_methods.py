@@ -134,7 +134,7 @@ def test_a_pipeline_method_gets_the_volume_and_returns_the_fit(monkeypatch):
         from napari_gmmseg.segment import segment
 
         seen.update(shape=images.shape, roi=int(roi.sum()), channels=channels, options=options)
-        return segment(images, roi, channels=channels, seed=seed, max_iter=2)
+        return segment(images, roi, method="gmm", channels=channels, seed=seed, max_iter=2)
 
     module = types.ModuleType("toy_pipeline_module")
     module.fit = pipeline
