@@ -58,6 +58,7 @@ __all__ = [
     "DEFAULT_PRIOR",
     "PriorTable",
     "canonical_channel",
+    "channel_columns",
     "default_prior",
     "load_prior",
     "min_cost_assignment",
@@ -83,6 +84,24 @@ def canonical_channel(name: str) -> str:
     Unknown names are returned unchanged.
     """
     return CHANNEL_ALIASES.get(str(name).strip().lower(), str(name))
+
+
+def channel_columns(channels: Sequence[str], wanted: Sequence[str], *, needed_by: str) -> list[int]:
+    """Column of each ``wanted`` sequence in an image whose channels are named ``channels``.
+
+    Raises
+    ------
+    ModelError
+        A wanted sequence is missing; the message names ``needed_by`` and every channel.
+    """
+    have = [canonical_channel(c) for c in channels]
+    missing = [w for w in wanted if w not in have]
+    if missing:
+        raise ModelError(
+            f"{needed_by} needs the sequences {list(wanted)}; missing {missing} "
+            f"(channels are {list(channels)})"
+        )
+    return [have.index(w) for w in wanted]
 
 
 @dataclass(frozen=True)

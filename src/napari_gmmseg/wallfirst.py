@@ -42,6 +42,7 @@ __all__ = [
     "class_fit",
     "fit_pipeline",
     "fit_wall_first",
+    "pipeline_volume",
 ]
 
 #: The name :func:`napari_gmmseg.segment.segment` dispatches to this pipeline.
@@ -110,19 +111,6 @@ class PriorGMMOptions(WallFirstOptions):
 WALL_FIRST_OPTIONS: tuple[str, ...] = tuple(WallFirstOptions.__dataclass_fields__)
 
 
-def _channel_columns(channels: Sequence[str], wanted: Sequence[str]) -> list[int]:
-    from napari_gmmseg.naming import canonical_channel
-
-    have = [canonical_channel(c) for c in channels]
-    missing = [w for w in wanted if w not in have]
-    if missing:
-        raise ModelError(
-            f"the wall-first pipeline needs the sequences {list(wanted)}; "
-            f"missing {missing} (channels are {list(channels)})"
-        )
-    return [have.index(w) for w in wanted]
-
-
 def _per_slice_stats(
     x: np.ndarray, labels: np.ndarray, slices: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -143,6 +131,27 @@ def _per_slice_stats(
             mu[i, :, j] = sm / np.maximum(cnt, 1)
             var[i, :, j] = np.maximum(sq / np.maximum(cnt, 1) - mu[i, :, j] ** 2, 0)
     return w, mu, var
+
+
+def pipeline_volume(
+    images: np.ndarray, roi: np.ndarray, spacing_mm: Sequence[float] | None, method: str
+) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """A pipeline's ``(Z, Y, X, C)`` images, ``(Z, Y, X)`` bool ROI and ``(z, y, x)`` spacing.
+
+    A missing spacing is 1 mm, with a warning naming ``method``.
+
+    Raises
+    ------
+    RoiError
+        The ROI does not fit the images.
+    """
+    images, roi = np.asarray(images), np.asarray(roi, dtype=bool)
+    if images.ndim != 4 or roi.shape != images.shape[:3]:
+        raise RoiError(f"ROI shape {roi.shape} does not fit images of shape {images.shape}")
+    if spacing_mm is None:
+        warnings.warn(f"{method} without spacing_mm: assuming 1 mm pixels", stacklevel=3)
+        spacing_mm = (1.0, 1.0, 1.0)
+    return images, roi, tuple(float(v) for v in spacing_mm)
 
 
 def class_fit(
@@ -231,6 +240,7 @@ def fit_wall_first(
     """
     import torch
 
+    from napari_gmmseg.naming import channel_columns
     from napari_gmmseg.pathology import (
         PATHOLOGY_CHANNELS,
         PATHOLOGY_CLASSES,
@@ -249,19 +259,13 @@ def fit_wall_first(
             f"unknown option(s) {unknown} for 'wall-first'; options are {WALL_FIRST_OPTIONS}"
         )
     opts = WallFirstOptions(**options)
-    images = np.asarray(images)
-    roi = np.asarray(roi, dtype=bool)
-    if images.ndim != 4 or roi.shape != images.shape[:3]:
-        raise RoiError(f"ROI shape {roi.shape} does not fit images of shape {images.shape}")
-    spacing_mm = opts.spacing_mm
-    if spacing_mm is None:
-        warnings.warn("wall-first without spacing_mm: assuming 1 mm pixels", stacklevel=2)
-        spacing_mm = (1.0, 1.0, 1.0)
-    spacing_mm = tuple(float(v) for v in spacing_mm)
+    images, roi, spacing_mm = pipeline_volume(images, roi, opts.spacing_mm, METHOD_NAME)
     wall_first, mixture = bool(opts.wall_first), opts.mixture
     strength, beta = float(opts.strength), float(opts.beta)
     table = load_tissue_prior(prior)
-    cols = _channel_columns(channels, ("bSSFP", *PATHOLOGY_CHANNELS))
+    cols = channel_columns(
+        channels, ("bSSFP", *PATHOLOGY_CHANNELS), needed_by="the wall-first pipeline"
+    )
     dev = resolve_device(device)
 
     if wall_first:

@@ -143,14 +143,6 @@ def feature_columns(channels: Sequence[str]) -> list[int]:
     ModelError
         A sequence is missing.
     """
-    from napari_gmmseg.errors import ModelError
-    from napari_gmmseg.naming import canonical_channel
+    from napari_gmmseg.naming import channel_columns
 
-    have = [canonical_channel(c) for c in channels]
-    missing = [c for c in FEATURE_CHANNELS if c not in have]
-    if missing:
-        raise ModelError(
-            f"the tissue classifier needs the sequences {list(FEATURE_CHANNELS)}; missing "
-            f"{missing} (channels are {list(channels)})"
-        )
-    return [have.index(c) for c in FEATURE_CHANNELS]
+    return channel_columns(channels, FEATURE_CHANNELS, needed_by="the tissue classifier")

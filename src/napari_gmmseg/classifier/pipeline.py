@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from napari_gmmseg.classifier.adapt import ADAPT_ITERATIONS
-from napari_gmmseg.errors import ModelError, RoiError
+from napari_gmmseg.errors import ModelError
 from napari_gmmseg.fit import Fit, Progress
 from napari_gmmseg.labels import CLASS_VALUES
 
@@ -225,18 +225,11 @@ def fit_pipeline(
     from napari_gmmseg.pathology import PATHOLOGY_CLASSES, apply_rules
     from napari_gmmseg.preprocess import resolve_device
     from napari_gmmseg.prior import normalise_zscore
-    from napari_gmmseg.wallfirst import class_fit
+    from napari_gmmseg.wallfirst import class_fit, pipeline_volume
 
     del prior
     t0 = time.perf_counter()
-    images, roi = np.asarray(images), np.asarray(roi, dtype=bool)
-    if images.ndim != 4 or roi.shape != images.shape[:3]:
-        raise RoiError(f"ROI shape {roi.shape} does not fit images of shape {images.shape}")
-    spacing_mm = options.spacing_mm
-    if spacing_mm is None:
-        warnings.warn("tissue-classifier without spacing_mm: assuming 1 mm pixels", stacklevel=2)
-        spacing_mm = (1.0, 1.0, 1.0)
-    spacing_mm = tuple(float(v) for v in spacing_mm)
+    images, roi, spacing_mm = pipeline_volume(images, roi, options.spacing_mm, METHOD_NAME)
     if should_stop is not None and should_stop():
         raise ModelError("cancelled")
     dev = resolve_device(device)
