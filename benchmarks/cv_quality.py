@@ -16,7 +16,7 @@ tissue classifier (:func:`napari_gmmseg.classifier.learn_classifier`) are learne
 Usage::
 
     python benchmarks/cv_quality.py ../shared/data/myops_dev --out cv_quality.md
-    python benchmarks/cv_quality.py ../shared/data/myops_dev --roi auto --configs "tissue-classifier"
+    python benchmarks/cv_quality.py ../shared/data/myops_dev --roi auto --configs "tissue-classifier (default)"
 
 The paper's methods (``gmm``, ``svgmm``) run through :func:`napari_gmmseg.segment.segment_case`
 with the held-out prior for naming; the wall-first rows differ from the default in one
@@ -35,11 +35,11 @@ import numpy as np
 
 #: name -> (method, options): the default pipeline, its ablations and the paper's methods.
 CONFIGS: dict[str, tuple[str, dict]] = {
-    "tissue-classifier": ("tissue-classifier", {}),
+    "tissue-classifier (default)": ("tissue-classifier", {}),
     "tissue-classifier, smoothing off": ("tissue-classifier", {"smoothing_mm": 0.0}),
     "tissue-classifier, presence off": ("tissue-classifier", {"lesion_presence": False}),
     "tissue-classifier, adaptation off": ("tissue-classifier", {"adapt_iterations": 0}),
-    "gmm-prior (default)": ("gmm-prior", {}),
+    "gmm-prior": ("gmm-prior", {}),
     "gmm-prior, prior off (ML EM from prior means)": ("gmm-prior", {"strength": 0.0}),
     "gmm-prior, prior 1.0": ("gmm-prior", {"strength": 1.0}),
     "gmm-prior, presence off": ("gmm-prior", {"lesion_presence": False}),
