@@ -22,6 +22,7 @@ __all__ = [
     "FEATURE_CHANNELS",
     "FEATURE_NAMES",
     "SMOOTHING_SCALES_MM",
+    "masked_gaussian_mean",
     "slice_features",
     "volume_features",
 ]
@@ -49,12 +50,20 @@ FEATURE_NAMES: tuple[str, ...] = (
 _MIN_ROI_PIXELS = 2
 
 
-def _local_mean(z: np.ndarray, weight: np.ndarray, sigma_px: tuple[float, float]) -> np.ndarray:
-    """Gaussian mean of ``z`` over the pixels where ``weight`` is 1 (normalised convolution)."""
+def masked_gaussian_mean(
+    values: np.ndarray, weight: np.ndarray, sigma_px: tuple[float, ...]
+) -> np.ndarray:
+    """Gaussian mean of ``values`` over the pixels where ``weight`` is 1 (normalised convolution).
+
+    ``values`` and ``weight`` have the same shape (or ``values`` one trailing axis more, with a
+    0 in ``sigma_px`` for it); outside the mask the result is meaningless, inside it no value
+    from outside leaks in. Zero ``values`` outside the mask first (NaN would spread).
+    """
     from scipy import ndimage as ndi
 
-    num = ndi.gaussian_filter(z * weight, sigma_px, mode="constant")
-    den = ndi.gaussian_filter(weight, sigma_px, mode="constant")
+    w = weight if values.ndim == weight.ndim else weight[..., None]
+    num = ndi.gaussian_filter(values * w, sigma_px, mode="constant")
+    den = ndi.gaussian_filter(w.astype(np.float32), sigma_px, mode="constant")
     return num / np.maximum(den, 1e-6)
 
 
@@ -96,7 +105,9 @@ def slice_features(
         rank = np.empty(values.size, dtype=np.float32)
         rank[np.argsort(values, kind="stable")] = np.linspace(0.0, 1.0, values.size)
         columns += [z[mask], rank]
-        columns += [_local_mean(z, weight, (s / py, s / px))[mask] for s in SMOOTHING_SCALES_MM]
+        columns += [
+            masked_gaussian_mean(z, weight, (s / py, s / px))[mask] for s in SMOOTHING_SCALES_MM
+        ]
     depth_mm = ndi.distance_transform_edt(mask, sampling=(py, px))
     columns += [depth_mm[mask] / 10.0, depth_mm[mask] / max(float(depth_mm.max()), 1e-6)]
     return np.stack(columns, axis=1).astype(np.float32)

@@ -51,7 +51,16 @@ def _train(x: np.ndarray, y: np.ndarray, *, seed: int, epochs: int, hidden: int)
     """Train the MLP on standardised features; returns (weights, biases, mean, sd)."""
     import torch
 
-    torch.manual_seed(seed)
+    with torch.random.fork_rng(
+        devices=[]
+    ):  # seeds the weight init without touching the caller's RNG
+        torch.manual_seed(seed)
+        return _train_seeded(x, y, seed=seed, epochs=epochs, hidden=hidden)
+
+
+def _train_seeded(x: np.ndarray, y: np.ndarray, *, seed: int, epochs: int, hidden: int) -> tuple:
+    import torch
+
     gen = torch.Generator().manual_seed(seed)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     mean, sd = xt.mean(0), xt.std(0).clamp_min(1e-6)

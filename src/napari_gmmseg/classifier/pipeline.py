@@ -71,20 +71,11 @@ class ClassifierOptions:
 
 def _smooth_in_roi(prob: np.ndarray, roi: np.ndarray, sigma_px: tuple[float, float]) -> np.ndarray:
     """``(Z, Y, X, K)`` probabilities smoothed in-plane inside ``roi`` (normalised convolution)."""
-    from scipy import ndimage as ndi
+    from napari_gmmseg.classifier.features import masked_gaussian_mean
 
     if min(sigma_px) <= 0:
         return prob
-    w = roi.astype(np.float32)
-    sig = (0.0, *sigma_px)
-    den = np.maximum(ndi.gaussian_filter(w, sig, mode="constant"), 1e-6)
-    out = np.stack(
-        [
-            ndi.gaussian_filter(prob[..., k] * w, sig, mode="constant") / den
-            for k in range(prob.shape[-1])
-        ],
-        axis=-1,
-    )
+    out = masked_gaussian_mean(prob, roi.astype(np.float32), (0.0, *sigma_px, 0.0))
     return np.where(roi[..., None], out, 0.0).astype(np.float32)
 
 
