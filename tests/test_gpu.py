@@ -62,3 +62,14 @@ def test_deep_method_on_cuda_matches_the_cpu(case, exact_float32):
     # Same networks, same data: the NLL per epoch agrees to float32 summation order.
     np.testing.assert_allclose(gpu.nll_history, cpu.nll_history, rtol=1e-3)
     assert _agreement(cpu.labels, gpu.labels, roi) > 0.98
+
+
+def test_the_default_classifier_on_cuda_matches_the_cpu(case, exact_float32):
+    """The MLP and the per-slice EM adaptation run on the chosen device."""
+    roi = case.roi()
+    kw = dict(channels=case.channels, method="tissue-classifier", spacing_mm=case.spacing_mm)
+    cpu = segment(case.images, roi, device="cpu", **kw)
+    gpu = segment(case.images, roi, device="cuda", **kw)
+    assert gpu.params["device"].startswith("cuda") and cpu.params["device"] == "cpu"
+    assert _agreement(cpu.labels, gpu.labels, roi) > 0.999
+    np.testing.assert_allclose(gpu.probabilities, cpu.probabilities, atol=1e-4)
