@@ -337,7 +337,11 @@ def test_restarts_refuse_deterministic_inits_and_bad_counts():
 # ----------------------------------------------------------------------------- pinned results
 def test_engine_results_are_pinned_on_a_phantom(repo_root):
     """Labels, final NLL and iterations of every engine path, as computed before the
-    engine was split by step (issue 15): a refactor must leave them unchanged."""
+    engine was split by step (issue 15): a refactor must leave them unchanged.
+
+    Labels, iteration counts and progress are pinned bit for bit; the NLL and the means
+    to the float32 working precision (a reordered sum in the E-step, issue 17, moves the
+    NLL by up to 3e-5 relative and changes no label)."""
     import hashlib
     import json
 
@@ -364,7 +368,7 @@ def test_engine_results_are_pinned_on_a_phantom(repo_root):
         lab = res.labels.numpy().astype(np.int64) * batch.valid.numpy()
         what = f"{ref['method']} {ref['options']}"
         assert hashlib.sha256(lab.tobytes()).hexdigest() == ref["labels_sha256"], what
-        assert res.final_nll.tolist() == pytest.approx(ref["final_nll"], rel=1e-9, abs=0), what
+        assert res.final_nll.tolist() == pytest.approx(ref["final_nll"], rel=1e-4, abs=0), what
         assert res.n_iter.tolist() == ref["n_iter"], what
-        assert float(res.means.double().sum()) == pytest.approx(ref["means_sum"], rel=1e-6), what
+        assert float(res.means.double().sum()) == pytest.approx(ref["means_sum"], rel=1e-4), what
         assert seen == ref["progress"], what

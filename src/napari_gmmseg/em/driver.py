@@ -78,11 +78,11 @@ def covariance_floor(
     x: torch.Tensor, valid_f: torch.Tensor, reg_covar: float, relative: bool
 ) -> torch.Tensor:
     """``(S, 1, M)`` float64 floor: ``reg_covar`` (times each row's data variance if relative)."""
+    if not relative:  # no pass over the pixels for a constant floor
+        s, _, m = x.shape
+        return torch.full((s, 1, m), float(reg_covar), dtype=torch.float64, device=x.device)
     _, data_var = row_stats(x, valid_f)
-    if relative:
-        floor = torch.where(data_var > 0, data_var, torch.ones_like(data_var)) * reg_covar
-    else:
-        floor = torch.full_like(data_var, float(reg_covar))
+    floor = torch.where(data_var > 0, data_var, torch.ones_like(data_var)) * reg_covar
     return floor.unsqueeze(1)
 
 

@@ -145,8 +145,17 @@ class EStep:
         row_step = max(1, int(chunk_pixels) // cols)
         ll = torch.zeros(sw, dtype=torch.float64, device=dev)
         width = 2 * m + 1 if covariance_type == "diag" else m + m * m + 1
-        stats = torch.zeros(sw, k, width, dtype=torch.float64, device=dev)
         keep_all = None if upd is None else ~upd.view(-1, 1, 1)
+        # The tile is exponentiated in place unless the log joint is read after the pass
+        # (the SVGMM M-step for Pi, the Potts term): then into one buffer per run. A row
+        # of ones sums over components as one small product (half the time of ``sum(1)``
+        # on a CPU).
+        in_place = upd is None and nb is None
+        tile_buf = None
+        if not in_place:
+            tile_buf = torch.empty(min(sw, row_step) * k * cols, dtype=self.dtype, device=dev)
+        ones_k = torch.ones(min(sw, row_step), 1, k, dtype=self.dtype, device=dev)
+        stats_t = torch.zeros(sw, width, k, dtype=torch.float64, device=dev)
         for s0 in range(0, sw, row_step):
             s1 = min(sw, s0 + row_step)
             coef_b = coef[s0:s1]
@@ -160,12 +169,16 @@ class EStep:
                 a = self.tile(coef_b, const_b, f)
                 if log_pi is not None:
                     a += log_pi[s0:s1, :, n0:n1]
+                buf = a if tile_buf is None else tile_buf[: a.numel()].view(a.shape)
+                ones_b = ones_k[: s1 - s0]
                 e = None
                 if nb is not None:
                     # Mean-field Potts: the NLL is the plain mixture's, resp has the prior.
                     amax = a.amax(1, keepdim=True)
-                    lse = torch.log(torch.exp(a - amax).sum(1, keepdim=True)) + amax + bound_b
+                    e = torch.sub(a, amax, out=buf).exp_()
+                    lse = torch.log(torch.bmm(ones_b, e)) + amax + bound_b
                     a += nb[s0:s1, :, n0:n1]
+                    e = None
                 elif fast_shift:
                     # a <= 0 (shifted by the bound): exp cannot overflow, and no per-pixel
                     # max is needed unless every component underflows (far outliers).
@@ -173,16 +186,20 @@ class EStep:
                     # slow path (measured 3x on phantom crops); e^-87 is ~0 next to the
                     # largest term, and a pixel whose terms are all that small takes the
                     # exact path below.
-                    e = a.clamp_min(exp_floor).exp_()
-                    ssum = e.sum(1, keepdim=True)
+                    e = torch.clamp_min(a, exp_floor, out=buf).exp_()
+                    ssum = torch.bmm(ones_b, e)
                     if float(ssum.amin()) < 1e-30:
                         e = None
+                        if in_place:  # the log joint was overwritten: compute it again
+                            a = buf = self.tile(coef_b, const_b, f)
+                            if log_pi is not None:
+                                a += log_pi[s0:s1, :, n0:n1]
                     else:
                         amax = None
                 if e is None:
                     amax = a.amax(1, keepdim=True)
-                    e = torch.sub(a, amax).clamp_min_(exp_floor).exp_()
-                    ssum = e.sum(1, keepdim=True)
+                    e = torch.sub(a, amax, out=buf).clamp_min_(exp_floor).exp_()
+                    ssum = torch.bmm(ones_b, e)
                 log_ssum = torch.log(ssum)
                 if nb is None:
                     lse = log_ssum + bound_b if amax is None else log_ssum + amax + bound_b
@@ -192,13 +209,16 @@ class EStep:
                     tgt = log_pi[s0:s1, :, n0:n1]
                     tgt.copy_(torch.where(keep, tgt, log_r))
                 # Padding pixels have zero features: r needs no mask for the statistics.
-                r = e.div_(ssum)
+                r = e.mul_(ssum.reciprocal_())
                 if want_stats:
-                    stats[s0:s1] += torch.bmm(r, f.transpose(1, 2)).to(torch.float64)
+                    # (D, c) @ (c, K): the long axis as the inner dimension of a plain
+                    # product is faster than (K, c) @ (c, D) with a transposed operand.
+                    stats_t[s0:s1] += torch.bmm(f, r.transpose(1, 2)).to(torch.float64)
                 if resp_out is not None:
                     r = r.mul_(vc)
                     tgt = resp_out[s0:s1, :, n0:n1]
                     tgt.copy_(r if keep is None else torch.where(keep, tgt, r))
+        stats = stats_t.transpose(1, 2)
         nk = stats[:, :, -1]
         sx = stats[:, :, :m]
         sxx = stats[:, :, m:-1]
