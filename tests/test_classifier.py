@@ -129,6 +129,17 @@ def test_it_is_the_default_method(cases, phantom_model, tmp_path):
     path = str(phantom_model.save(tmp_path / "m.npz"))
     fit = segment_case(cases[2], model=path, roi="gt")
     assert fit.method == fit.params["method"] == "tissue-classifier"
+    assert "ignored_arguments" not in fit.params
+
+
+def test_engine_arguments_a_pipeline_ignores_are_warned(cases, phantom_model, tmp_path):
+    """``max_iter``/``init`` mean nothing to the classifier: said, recorded, not silent."""
+    path = str(phantom_model.save(tmp_path / "m.npz"))
+    plain = segment_case(cases[2], model=path, roi="gt")
+    with pytest.warns(UserWarning, match=r"ignores init='random', max_iter=5; its options"):
+        fit = segment_case(cases[2], model=path, roi="gt", init="random", max_iter=5)
+    assert fit.params["ignored_arguments"] == {"init": "random", "max_iter": 5}
+    np.testing.assert_array_equal(fit.labels, plain.labels)
 
 
 def test_implausible_slices_are_flagged(cases, phantom_model, tmp_path):

@@ -473,6 +473,12 @@ def test_method_option_rows_come_from_the_options_dataclass(make_napari_viewer_p
     form.widget("beta").value = "0.25"
     kwargs = widget.build_request().kwargs
     assert kwargs["spatial"] == "smooth" and kwargs["beta"] == 0.25
+    assert kwargs["max_iter"] == 100 and widget.max_iter.isEnabled()
+    # a pipeline carries its own classes and iterations: the rows are off, nothing is sent
+    widget.method.setCurrentIndex(widget.method.findData("tissue-classifier"))
+    assert not widget.max_iter.isEnabled() and not widget.n_classes.isEnabled()
+    kwargs = widget.build_request().kwargs
+    assert not {"max_iter", "n_classes", "tol", "per_slice"} & set(kwargs)
     # deep methods show their own rows; a bad value is refused before any work
     widget.method.setCurrentIndex(widget.method.findData("deepsvg"))
     form.widget("lr").value = "fast"

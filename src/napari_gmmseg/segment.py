@@ -305,7 +305,18 @@ def segment(
         method_options,
     )
     if spec.family == "pipeline":
+        ignored = _ignored_by_pipeline(
+            spec,
+            n_classes=n_classes,
+            covariance_type=covariance_type,
+            init=init,
+            tol=tol,
+            max_iter=max_iter,
+            per_slice=per_slice,
+        )
         fit = _run_pipeline(spec, req, seed, progress, should_stop)
+        if ignored:
+            fit.params["ignored_arguments"] = ignored
     else:
         fit = _fit_and_name(spec, req, init, tol, max_iter, seed, progress, should_stop, t0)
     if req.rule is not None:
@@ -314,6 +325,31 @@ def segment(
         fit = apply_presence(fit, req.rule, channels=req.channels, images=req.images)
     fit.seconds = time.perf_counter() - t0
     return fit
+
+
+def _ignored_by_pipeline(spec: MethodSpec, **given: Any) -> dict[str, Any]:
+    """The engine arguments of :func:`segment` a pipeline does not use, set to non-defaults.
+
+    A pipeline (``tissue-classifier``, ``gmm-prior``, ``wall-first``) carries its own
+    iteration counts and classes in its options; a different ``max_iter`` or ``init``
+    would otherwise be dropped silently. They are warned here (before the fit) and
+    recorded in ``params["ignored_arguments"]``; not refused, so that one ``evaluate``
+    run can compare the paper's methods at ``--max-iter 50`` with a pipeline.
+    """
+    import inspect
+    import warnings
+
+    defaults = inspect.signature(segment).parameters
+    ignored = {k: v for k, v in given.items() if v != defaults[k].default}
+    if ignored:
+        listing = ", ".join(f"{k}={v!r}" for k, v in ignored.items())
+        warnings.warn(
+            f"method {spec.name!r} is a pipeline with its own settings and ignores {listing}; "
+            f"its options are {', '.join(f.name for f in dataclasses.fields(spec.options))}",
+            UserWarning,
+            stacklevel=3,
+        )
+    return ignored
 
 
 def _run_pipeline(

@@ -370,6 +370,12 @@ class SegmentWidget(QWidget):
         else:
             self.model_file.setPlaceholderText("— (deep methods and the classifier only)")
         self.max_iter_label.setText("max epochs" if deep else "max iter")
+        # A pipeline carries its own classes and iterations: its rows are greyed out and
+        # not sent (segment() would warn that it ignores them).
+        engine = METHODS[method].family != "pipeline"
+        for widget in (self.n_classes, self.tol, self.max_iter, self.max_iter_label):
+            widget.setEnabled(engine)
+        self.per_slice.setEnabled(engine)
         restarts = METHODS[method].accepts("n_init")
         self.n_init.setEnabled(restarts)
         self.n_init_label.setEnabled(restarts)
@@ -467,18 +473,19 @@ class SegmentWidget(QWidget):
         method = self.method.currentData()
         kwargs: dict[str, Any] = {
             "method": method,
-            "n_classes": self.n_classes.value(),
             "seed": self.seed.value(),
             "device": self.device.currentText(),
-            "tol": self._tolerance(),
-            "per_slice": bool(self.per_slice.currentData()),
             "presence": self._presence_rule(),
         }
+        if METHODS[method].family != "pipeline":
+            kwargs["n_classes"] = self.n_classes.value()
+            kwargs["tol"] = self._tolerance()
+            kwargs["per_slice"] = bool(self.per_slice.currentData())
         limit = self.max_iter.value()
         if method in DEEP_METHODS:
             kwargs["max_epochs"] = limit
             kwargs["min_epochs"] = min(limit, DeepOptions().min_epochs)
-        else:
+        elif METHODS[method].family != "pipeline":
             kwargs["max_iter"] = limit
             if self.n_init.value() > 1 and METHODS[method].accepts("n_init"):
                 kwargs["n_init"] = self.n_init.value()
@@ -546,7 +553,7 @@ class SegmentWidget(QWidget):
 
         self._stop = threading.Event()
         self._request = request
-        total = int(request.roi.any(axis=(1, 2)).sum()) if request.kwargs["per_slice"] else 1
+        total = int(request.roi.any(axis=(1, 2)).sum()) if request.kwargs.get("per_slice", True) else 1
         self.progress.setRange(0, max(total, 1))
         self.progress.setValue(0)
         self.progress.setFormat("%v / %m slices")

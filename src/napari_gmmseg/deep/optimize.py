@@ -19,6 +19,7 @@ stacked tensors so that finished slices can be frozen and dropped cheaply.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -269,6 +270,25 @@ def cpu_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
+def _in_cpu_threads(fn: Callable[..., DeepState]) -> Callable[..., DeepState]:
+    """Run ``fn`` under its ``num_threads`` CPU thread setting (:func:`cpu_threads`).
+
+    ``num_threads`` is taken here, so the wrapped body never sees it: None means
+    :func:`default_cpu_threads` on the CPU; off the CPU the setting is left alone.
+    """
+
+    @functools.wraps(fn)
+    def run(x: Any, *args: Any, num_threads: int | None = None, **kwargs: Any) -> DeepState:
+        threads = None
+        if x.device.type == "cpu":
+            threads = default_cpu_threads() if num_threads is None else int(num_threads)
+        with cpu_threads(threads):
+            return fn(x, *args, **kwargs)
+
+    return run
+
+
+@_in_cpu_threads
 def optimize_slices(
     x: Any,
     valid: Any,
@@ -348,65 +368,6 @@ def optimize_slices(
     -------
     DeepState
     """
-
-    threads = None
-    if x.device.type == "cpu":
-        threads = default_cpu_threads() if num_threads is None else int(num_threads)
-    with cpu_threads(threads):
-        return _optimize(
-            x,
-            valid,
-            crops,
-            flat_index,
-            method=method,
-            n_classes=n_classes,
-            seeds=seeds,
-            network=network,
-            max_epochs=max_epochs,
-            min_epochs=min_epochs,
-            tol=tol,
-            lr=lr,
-            weight_decay=weight_decay,
-            clip_norm=clip_norm,
-            mu_data=mu_data,
-            lam=lam,
-            reg_covar=reg_covar,
-            covariance_type=covariance_type,
-            amp=amp,
-            sync_every=sync_every,
-            slice_index=slice_index,
-            progress=progress,
-            should_stop=should_stop,
-        )
-
-
-def _optimize(
-    x: Any,
-    valid: Any,
-    crops: Any,
-    flat_index: Any,
-    *,
-    method: str = "deepsvg",
-    n_classes: int = 4,
-    seeds: Sequence[int],
-    network: Any = None,
-    max_epochs: int = 200,
-    min_epochs: int = 10,
-    tol: float = 1e-3,
-    lr: float = 1e-3,
-    weight_decay: float = 1e-3,
-    clip_norm: float = 12.0,
-    mu_data: Any = None,
-    lam: float = 1.0,
-    reg_covar: float = 1e-3,
-    covariance_type: str = "diag",
-    amp: bool | None = None,
-    sync_every: int | None = None,
-    slice_index: Sequence[int] | None = None,
-    progress: Callable[[Any], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-) -> DeepState:
-    """:func:`optimize_slices` inside its thread setting: checks, networks, then the epochs."""
     import torch
 
     from napari_gmmseg.deep.losses import spatially_variant
