@@ -161,11 +161,18 @@ def test_cli_segment_roi_auto_end_to_end(phantom_dataset, tmp_path, capsys):
     assert "automatic ROI" in capsys.readouterr().err
     seg, geometry = io.read_labels(out, with_geometry=True)
     roi_labels = io.read_labels(roi_out)
-    lv = np.isin(roi_labels, (500, 200))
-    assert set(np.unique(seg)) == {0, 200, 500, 1220, 2221}
-    assert not seg[~lv].any() and (seg[lv] > 0).all()
+    lv, rv = np.isin(roi_labels, (500, 200)), roi_labels == 600
+    assert set(np.unique(seg)) == {0, 200, 500, 600, 1220, 2221}
+    assert (seg[lv] > 0).all() and (seg[lv] != 600).all()
+    np.testing.assert_array_equal(seg == 600, rv)  # the RV found, for the AHA orientation
+    assert not seg[~lv & ~rv].any()
     assert geometry.same_grid(io.load_case(paths["bSSFP"]).geometry)
     assert main(argv) != 0  # never overwrites unasked
+    # ... so `report` orients from the RV without a manual mask or point (without the
+    # RV it refuses); slice 2's RV does not touch its myocardium: from its neighbour
+    capsys.readouterr()
+    assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
+    assert capsys.readouterr().err.strip() == "slice 2: oriented from slice 1"
 
 
 def test_evaluate_roi_auto_writes_qc_dice_and_reuses_an_edited_roi(phantom_dataset, tmp_path):

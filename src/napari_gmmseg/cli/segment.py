@@ -34,7 +34,8 @@ def register(subparsers) -> None:
     g.add_argument(
         "--roi-out",
         metavar="F.nii.gz",
-        help="with --roi auto: also write the automatic ROI (500/200/600; edit it, pass it as --roi)",
+        help="with --roi auto: also write the automatic ROI (500/200/600; edit it, pass it as --roi). "
+        "The RV blood pool it finds (600) is written into OUT too, for `report`",
     )
     g.add_argument(
         "--roi-labels",
@@ -91,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
 
     from napari_gmmseg import io
     from napari_gmmseg.errors import CaseLoadError, ExtremeIntensityError, RoiError
+    from napari_gmmseg.labels import RV
     from napari_gmmseg.segment import segment, with_sources
 
     t0 = time.perf_counter()
@@ -109,9 +111,9 @@ def run(args: argparse.Namespace) -> int:
     if not sequences:
         raise CaseLoadError("give at least one of --bssfp, --lge, --t2")
     case = io.load_case_from_paths(sequences, frame=args.frame)
-    roi = None
+    roi, rv = None, None
     if args.roi == "auto":
-        roi = _auto_roi(case, args)
+        roi, rv = _auto_roi(case, args)
     elif args.roi:
         try:
             values = [int(v) for v in str(args.roi_labels).split(",") if v.strip()]
@@ -156,9 +158,12 @@ def run(args: argparse.Namespace) -> int:
         clip = fit.params.get("clip", {})
         if any(clip.get("extreme_voxels", {}).values()):
             print(f"warning: clipped extreme voxels {clip['extreme_voxels']}", file=sys.stderr)
-    path = io.save_labels(fit.labels, case.geometry, out, overwrite=args.force)
+    labels = fit.labels
+    if rv is not None:  # the RV the automatic ROI found orients `report`'s AHA segments
+        labels = np.where(rv & (labels == 0), np.int32(RV.value), labels).astype(labels.dtype)
+    path = io.save_labels(labels, case.geometry, out, overwrite=args.force)
     if not args.quiet:
-        vals, counts = np.unique(fit.labels[fit.labels > 0], return_counts=True)
+        vals, counts = np.unique(labels[labels > 0], return_counts=True)
         summary = ", ".join(f"{int(v)}: {int(c)}" for v, c in zip(vals, counts, strict=True))
         clip = fit.params.get("clip", {})
         n_clip = sum(clip.get("clipped_voxels", {}).values())
@@ -197,12 +202,16 @@ def _segment(segment, case, roi, args, presence, report, options):
 
 
 def _auto_roi(case, args: argparse.Namespace):
-    """``--roi auto``: the automatic ROI, its QC on stderr, optionally written (--roi-out)."""
+    """``--roi auto``: the automatic ROI, its QC on stderr, optionally written (--roi-out).
+
+    Returns the ``(Z, Y, X)`` bool LV ROI and the RV blood pool (600) found with it.
+    """
     from pathlib import Path
 
     from napari_gmmseg import io
     from napari_gmmseg.autoroi import find_roi, format_qc
     from napari_gmmseg.errors import OutputExistsError, RoiError
+    from napari_gmmseg.labels import RV
 
     if args.roi_out and Path(args.roi_out).exists() and not args.force:
         raise OutputExistsError(f"{args.roi_out} exists (use --force to overwrite)")
@@ -213,4 +222,4 @@ def _auto_roi(case, args: argparse.Namespace):
         io.save_labels(auto.labels, case.geometry, args.roi_out, overwrite=args.force)
     if not auto.roi.any():
         raise RoiError("the automatic ROI fails QC on every slice: draw or give a mask (--roi)")
-    return auto.roi
+    return auto.roi, auto.labels == RV.value
