@@ -57,6 +57,18 @@ def test_report_dock_draws_tabulates_adds_segments_and_follows_edits(
     widget.auto.setChecked(False)
     no_rv = np.where(data == 600, 0, data)
     lab = viewer.add_labels(no_rv, name="no RV", scale=mask.scale)
+    # an automatic ROI layer in the viewer found the RV: it orients the map by itself
+    from napari_gmmseg._widgets._autoroi import AUTO_KEY, AUTO_LAYER_NAME
+
+    roi = np.where(np.isin(data, (500, 600)), data, np.where(data > 0, 200, 0))
+    viewer.add_labels(roi, name=AUTO_LAYER_NAME, scale=mask.scale, metadata={AUTO_KEY: {"qc": []}})
+    widget.label_layer.set_layer(lab)
+    widget.report = None
+    widget.update_report()
+    assert {fr.source for fr in widget.report.frames} == {"rv"}
+    assert f"RV from '{AUTO_LAYER_NAME}'" in widget.summary.text()
+    np.testing.assert_array_equal(widget.report.segments_zyx, expected.segments_zyx)
+    viewer.layers.remove(AUTO_LAYER_NAME)
     f = expected.frames[0]
     a = expected.hand * (f.anchor_rad - np.pi / 3)  # 60 degrees before the septal centre
     r_px = 20.0 / case.spacing_mm[1]

@@ -177,15 +177,8 @@ class ReportWidget(QWidget):
         if labels.ndim != 3:
             raise GeometryError(f"'{layer.name}' is {labels.ndim}-D; the report needs (Z, Y, X)")
         geometry, note = self._geometry(layer, labels.shape)
-        rv = None
-        rv_layer = self.rv_layer.layer()
-        if rv_layer is not None:
-            rv_data = np.asarray(rv_layer.data)
-            if rv_data.shape != labels.shape:
-                raise GeometryError(
-                    f"'{rv_layer.name}' {rv_data.shape} and '{layer.name}' {labels.shape} differ"
-                )
-            rv = rv_data == RV.value
+        rv, rv_note = self._rv_source(layer, labels)
+        note = "; ".join(n for n in (note, rv_note) if n)
         rep = compute_report(
             labels,
             geometry.spacing_mm,
@@ -206,6 +199,33 @@ class ReportWidget(QWidget):
             f"\napex at the {rep.meta['apex']} ({rep.meta['apex_rule']})"
             + (f"\n{note}" if note else "")
         )
+
+    def _rv_source(self, layer, labels: np.ndarray) -> tuple[np.ndarray | None, str]:
+        """``(Z, Y, X)`` RV blood pool for the orientation (None: the label map's) and a note.
+
+        The "RV from" layer when one is chosen; else, when the label map holds no RV (a
+        segmentation of the LV ROI), the viewer's ``automatic ROI`` layer of the same
+        shape, which found the RV with the LV.
+        """
+        from napari_gmmseg._widgets._autoroi import is_auto_layer
+
+        rv_layer, note = self.rv_layer.layer(), ""
+        if rv_layer is None and not (labels == RV.value).any():
+            autos = [
+                lay
+                for lay in self.viewer.layers
+                if is_auto_layer(lay) and np.shape(lay.data) == labels.shape
+            ]
+            if autos:
+                rv_layer, note = autos[-1], f"RV from '{autos[-1].name}'"
+        if rv_layer is None:
+            return None, ""
+        rv_data = np.asarray(rv_layer.data)
+        if rv_data.shape != labels.shape:
+            raise GeometryError(
+                f"'{rv_layer.name}' {rv_data.shape} and '{layer.name}' {labels.shape} differ"
+            )
+        return rv_data == RV.value, note
 
     def _fill_table(self, rep) -> None:
         rows = [r for r in rep.segments if r["present"]]
