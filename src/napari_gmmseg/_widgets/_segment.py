@@ -553,7 +553,9 @@ class SegmentWidget(QWidget):
 
         self._stop = threading.Event()
         self._request = request
-        total = int(request.roi.any(axis=(1, 2)).sum()) if request.kwargs.get("per_slice", True) else 1
+        total = (
+            int(request.roi.any(axis=(1, 2)).sum()) if request.kwargs.get("per_slice", True) else 1
+        )
         self.progress.setRange(0, max(total, 1))
         self.progress.setValue(0)
         self.progress.setFormat("%v / %m slices")
