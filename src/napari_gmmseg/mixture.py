@@ -141,7 +141,9 @@ def fit_svgmm(batch: Any, **kwargs: Any) -> MixtureResult:
     num_threads : int, optional
         torch CPU threads for the fit (restored afterwards); default: 1 for small
         problems (fewer than :data:`SINGLE_THREAD_BELOW` pixel-components), torch's
-        setting otherwise.
+        setting otherwise. The E-step shares its tiles among that many threads, each
+        running single-threaded ops (:meth:`napari_gmmseg.em.estep.EStep.run`): the
+        same result bit for bit for any thread count.
     progress : callable, optional
         Receives a :class:`~napari_gmmseg.fit.Progress` at every check.
     should_stop : callable, optional

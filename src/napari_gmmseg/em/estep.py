@@ -10,6 +10,9 @@ log joint and the statistics are one batched product each.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -71,6 +74,8 @@ class EStep:
         # free on the host); CUDA: the exact per-pixel max, no host synchronisation.
         self.fast_shift = device.type == "cpu"
         self.exp_floor = -87.0 if dtype == torch.float32 else -700.0
+        # CPU: the tiles are shared among torch's thread count of the fit (see run).
+        self.workers = torch.get_num_threads() if device.type == "cpu" else 1
 
     def terms(
         self, w: torch.Tensor, mu: torch.Tensor, cov: torch.Tensor, with_log_w: bool
@@ -134,92 +139,170 @@ class EStep:
         pixels, so the per-tile temporaries stay in cache on the CPU. In place, for the
         rows where ``upd`` is True: ``log_pi`` becomes ``log w`` (the SVGMM M-step for
         Pi) and ``resp_out`` the responsibilities.
+
+        With ``workers > 1`` the tiles are shared out round-robin among that many
+        threads, each running single-threaded torch ops: no parallel region (and no
+        barrier that waits for a descheduled thread on a busy machine) per op. Each
+        tile's NLL and statistics are added in tile order afterwards, so the result is
+        bit for bit the same for any number of workers.
         """
         coef, const, bound = self.terms(w, mu, cov, with_log_w=log_pi is None)
-        k, m, dev = self.k, self.m, self.device
-        covariance_type, chunk_pixels = self.covariance_type, self.chunk_pixels
-        fast_shift, exp_floor = self.fast_shift, self.exp_floor
         feat = wk["f"]
         sw, _, n = feat.shape
-        cols = max(1, min(n, int(chunk_pixels)))
-        row_step = max(1, int(chunk_pixels) // cols)
-        ll = torch.zeros(sw, dtype=torch.float64, device=dev)
-        width = 2 * m + 1 if covariance_type == "diag" else m + m * m + 1
-        keep_all = None if upd is None else ~upd.view(-1, 1, 1)
-        # The tile is exponentiated in place unless the log joint is read after the pass
-        # (the SVGMM M-step for Pi, the Potts term): then into one buffer per run. A row
-        # of ones sums over components as one small product (half the time of ``sum(1)``
-        # on a CPU).
-        in_place = upd is None and nb is None
-        tile_buf = None
-        if not in_place:
-            tile_buf = torch.empty(min(sw, row_step) * k * cols, dtype=self.dtype, device=dev)
-        ones_k = torch.ones(min(sw, row_step), 1, k, dtype=self.dtype, device=dev)
-        stats_t = torch.zeros(sw, width, k, dtype=torch.float64, device=dev)
-        for s0 in range(0, sw, row_step):
-            s1 = min(sw, s0 + row_step)
-            coef_b = coef[s0:s1]
-            const_b = None if const is None else const[s0:s1]
-            bound_b = bound[s0:s1]
-            keep = None if keep_all is None else keep_all[s0:s1]
-            for n0 in range(0, n, cols):
-                n1 = min(n, n0 + cols)
-                f = feat[s0:s1, :, n0:n1]
-                vc = f[:, -1:]
-                a = self.tile(coef_b, const_b, f)
-                if log_pi is not None:
-                    a += log_pi[s0:s1, :, n0:n1]
-                buf = a if tile_buf is None else tile_buf[: a.numel()].view(a.shape)
-                ones_b = ones_k[: s1 - s0]
-                e = None
-                if nb is not None:
-                    # Mean-field Potts: the NLL is the plain mixture's, resp has the prior.
-                    amax = a.amax(1, keepdim=True)
-                    e = torch.sub(a, amax, out=buf).exp_()
-                    lse = torch.log(torch.bmm(ones_b, e)) + amax + bound_b
-                    a += nb[s0:s1, :, n0:n1]
-                    e = None
-                elif fast_shift:
-                    # a <= 0 (shifted by the bound): exp cannot overflow, and no per-pixel
-                    # max is needed unless every component underflows (far outliers).
-                    # Clamped first: exp of arguments far below the float range takes a
-                    # slow path (measured 3x on phantom crops); e^-87 is ~0 next to the
-                    # largest term, and a pixel whose terms are all that small takes the
-                    # exact path below.
-                    e = torch.clamp_min(a, exp_floor, out=buf).exp_()
-                    ssum = torch.bmm(ones_b, e)
-                    if float(ssum.amin()) < 1e-30:
-                        e = None
-                        if in_place:  # the log joint was overwritten: compute it again
-                            a = buf = self.tile(coef_b, const_b, f)
-                            if log_pi is not None:
-                                a += log_pi[s0:s1, :, n0:n1]
-                    else:
-                        amax = None
-                if e is None:
-                    amax = a.amax(1, keepdim=True)
-                    e = torch.sub(a, amax, out=buf).clamp_min_(exp_floor).exp_()
-                    ssum = torch.bmm(ones_b, e)
-                log_ssum = torch.log(ssum)
-                if nb is None:
-                    lse = log_ssum + bound_b if amax is None else log_ssum + amax + bound_b
-                ll[s0:s1] += torch.bmm(lse, vc.transpose(1, 2)).view(-1).to(torch.float64)
-                if log_pi is not None and upd is not None:
-                    log_r = a.sub_(log_ssum) if amax is None else a.sub_(amax).sub_(log_ssum)
-                    tgt = log_pi[s0:s1, :, n0:n1]
-                    tgt.copy_(torch.where(keep, tgt, log_r))
-                # Padding pixels have zero features: r needs no mask for the statistics.
-                r = e.mul_(ssum.reciprocal_())
-                if want_stats:
-                    # (D, c) @ (c, K): the long axis as the inner dimension of a plain
-                    # product is faster than (K, c) @ (c, D) with a transposed operand.
-                    stats_t[s0:s1] += torch.bmm(f, r.transpose(1, 2)).to(torch.float64)
-                if resp_out is not None:
-                    r = r.mul_(vc)
-                    tgt = resp_out[s0:s1, :, n0:n1]
-                    tgt.copy_(r if keep is None else torch.where(keep, tgt, r))
+        cols = max(1, min(n, int(self.chunk_pixels)))
+        row_step = max(1, int(self.chunk_pixels) // cols)
+        tiles = [
+            (s0, min(sw, s0 + row_step), n0, min(n, n0 + cols))
+            for s0 in range(0, sw, row_step)
+            for n0 in range(0, n, cols)
+        ]
+        args = (coef, const, bound, feat, log_pi, nb, upd, resp_out, want_stats)
+        parts: list[Any] = [None] * len(tiles)
+
+        def work(first: int, step: int) -> None:
+            # The tile is exponentiated in place unless the log joint is read after the
+            # pass (the SVGMM M-step for Pi, the Potts term): then into one buffer.
+            buf = None
+            if upd is not None or nb is not None:
+                buf = torch.empty(row_step * self.k * cols, dtype=self.dtype, device=self.device)
+            for i in range(first, len(tiles), step):
+                parts[i] = self._pass_tile(tiles[i], buf, *args)
+
+        workers = min(self.workers, len(tiles))
+        if workers > 1:
+            with _one_intra_op_thread():
+                futures = [_pool(workers).submit(work, j, workers) for j in range(workers)]
+                for f in futures:
+                    f.result()
+        else:
+            work(0, 1)
+        width = feat.shape[1]
+        ll = torch.zeros(sw, dtype=torch.float64, device=self.device)
+        stats_t = torch.zeros(sw, width, self.k, dtype=torch.float64, device=self.device)
+        for (s0, s1, _, _), (ll_part, stats_part) in zip(tiles, parts, strict=True):
+            ll[s0:s1] += ll_part
+            if stats_part is not None:
+                stats_t[s0:s1] += stats_part
+        m = self.m
         stats = stats_t.transpose(1, 2)
         nk = stats[:, :, -1]
         sx = stats[:, :, :m]
         sxx = stats[:, :, m:-1]
         return -ll / wk["n"], nk, sx, sxx
+
+    def _pass_tile(
+        self,
+        tile: tuple[int, int, int, int],
+        buf: torch.Tensor | None,
+        coef: torch.Tensor,
+        const: torch.Tensor | None,
+        bound: torch.Tensor,
+        feat: torch.Tensor,
+        log_pi: torch.Tensor | None,
+        nb: torch.Tensor | None,
+        upd: torch.Tensor | None,
+        resp_out: torch.Tensor | None,
+        want_stats: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """E-step of one tile (rows ``s0:s1``, pixels ``n0:n1``).
+
+        Returns the tile's float64 log-likelihood per row ``(s,)`` and statistics
+        ``(s, D, K)`` (None without ``want_stats``); writes ``log_pi``/``resp_out``.
+        """
+        s0, s1, n0, n1 = tile
+        exp_floor = self.exp_floor
+        f = feat[s0:s1, :, n0:n1]
+        vc = f[:, -1:]
+        coef_b, bound_b = coef[s0:s1], bound[s0:s1]
+        const_b = None if const is None else const[s0:s1]
+
+        def log_joint() -> torch.Tensor:
+            a = self.tile(coef_b, const_b, f)
+            if log_pi is not None:
+                a += log_pi[s0:s1, :, n0:n1]
+            return a
+
+        a = log_joint()
+        buf = a if buf is None else buf[: a.numel()].view(a.shape)
+        # a row of ones sums over components as one small product (half the time of
+        # ``sum(1)`` on a CPU)
+        ones = torch.ones(s1 - s0, 1, self.k, dtype=a.dtype, device=a.device)
+        e = None
+        if nb is not None:
+            # Mean-field Potts: the NLL is the plain mixture's, resp has the prior.
+            amax = a.amax(1, keepdim=True)
+            e = torch.sub(a, amax, out=buf).exp_()
+            lse = torch.log(torch.bmm(ones, e)) + amax + bound_b
+            a += nb[s0:s1, :, n0:n1]
+            e = None
+        elif self.fast_shift:
+            # a <= 0 (shifted by the bound): exp cannot overflow, and no per-pixel max is
+            # needed unless every component underflows (far outliers). Clamped first: exp
+            # of arguments far below the float range takes a slow path (measured 3x on
+            # phantom crops); e^-87 is ~0 next to the largest term, and a pixel whose
+            # terms are all that small takes the exact path below.
+            e = torch.clamp_min(a, exp_floor, out=buf).exp_()
+            ssum = torch.bmm(ones, e)
+            if float(ssum.amin()) < 1e-30:
+                e = None
+                if buf is a:  # the log joint was overwritten: compute it again
+                    a = buf = log_joint()
+            else:
+                amax = None
+        if e is None:
+            amax = a.amax(1, keepdim=True)
+            e = torch.sub(a, amax, out=buf).clamp_min_(exp_floor).exp_()
+            ssum = torch.bmm(ones, e)
+        log_ssum = torch.log(ssum)
+        if nb is None:
+            lse = log_ssum + bound_b if amax is None else log_ssum + amax + bound_b
+        ll_part = torch.bmm(lse, vc.transpose(1, 2)).view(-1).to(torch.float64)
+        if log_pi is not None and upd is not None:
+            log_r = a.sub_(log_ssum) if amax is None else a.sub_(amax).sub_(log_ssum)
+            tgt = log_pi[s0:s1, :, n0:n1]
+            keep = ~upd[s0:s1].view(-1, 1, 1)
+            tgt.copy_(torch.where(keep, tgt, log_r))
+        # Padding pixels have zero features: r needs no mask for the statistics.
+        r = e.mul_(ssum.reciprocal_())
+        stats_part = None
+        if want_stats:
+            # (D, c) @ (c, K): the long axis as the inner dimension of a plain product is
+            # faster than (K, c) @ (c, D) with a transposed operand.
+            stats_part = torch.bmm(f, r.transpose(1, 2)).to(torch.float64)
+        if resp_out is not None:
+            r = r.mul_(vc)
+            tgt = resp_out[s0:s1, :, n0:n1]
+            if upd is not None:
+                r = torch.where(~upd[s0:s1].view(-1, 1, 1), tgt, r)
+            tgt.copy_(r)
+        return ll_part, stats_part
+
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """The process's E-step thread pool of ``workers`` threads (denormals flushed)."""
+    if workers not in _POOLS:
+        _POOLS[workers] = ThreadPoolExecutor(
+            workers, thread_name_prefix="gmmseg-estep", initializer=_flush_denormals
+        )
+    return _POOLS[workers]
+
+
+def _flush_denormals() -> None:
+    # Per thread (the CPU's control register), as the driver does for its own thread.
+    torch.set_flush_denormal(True)
+
+
+@contextmanager
+def _one_intra_op_thread() -> Iterator[None]:
+    """torch's intra-op threads set to 1 while the E-step workers run (then restored)."""
+    old = torch.get_num_threads()
+    if old != 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if old != 1:
+            torch.set_num_threads(old)
