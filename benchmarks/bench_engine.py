@@ -259,7 +259,7 @@ def run_cli(iters: int, threads: int | None) -> dict:
             env["OMP_NUM_THREADS"] = str(threads)
         script = Path(sys.executable).with_name("napari-gmmseg")
         cmd = [str(script)] if script.exists() else [sys.executable, "-c", _CLI_SHIM]
-        cmd += ["segment"]
+        cmd += ["segment", "--method", "gmm"]  # the EM engine (the default is a pipeline)
         cmd += [
             "--bssfp",
             str(paths["bSSFP"]),

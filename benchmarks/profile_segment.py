@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     exec(_IMPORTS)
 
     out = args.data / f"labels_{os.getpid()}.nii.gz"
-    cmd = ["segment", "--bssfp", str(paths["bSSFP"]), "--lge", str(paths["LGE"])]
+    cmd = ["segment", "--method", "gmm", "--bssfp", str(paths["bSSFP"]), "--lge", str(paths["LGE"])]
     cmd += ["--t2", str(paths["T2"]), "--init", "random", "--tol", "0"]
     cmd += ["--max-iter", str(args.max_iter), "--out", str(out), "--quiet"]
     prof = cProfile.Profile(time.process_time)

@@ -207,3 +207,39 @@ def test_estep_workers_give_the_single_thread_result_bit_for_bit(covariance_type
         for a, b in zip(one, three, strict=True):
             assert torch.equal(a, b), (svgmm, nb is not None)
     assert torch.equal(one[-1][2, :, 4000:], torch.zeros(k, 1000))  # padding gets no resp
+
+
+def _reference_clip_bounds(raw: np.ndarray, low: float, high: float) -> np.ndarray:
+    """The clip bounds as computed before the speed work (percentiles along axis 0)."""
+    from napari_gmmseg.preprocess import EXTREME_FACTOR
+
+    q1, q3 = np.percentile(raw, [5.0, 95.0], axis=0)
+    spread = EXTREME_FACTOR * np.maximum(q3 - q1, 1e-12 * np.maximum(np.abs(q3), 1.0))
+    extreme = (raw < q1 - spread) | (raw > q3 + spread)
+    kept = np.where(extreme, np.nan, raw) if extreme.any() else raw
+    return np.nanpercentile(kept, [low, high], axis=0)
+
+
+def test_clip_bounds_are_the_reference_order_statistics():
+    from napari_gmmseg.preprocess import _clip_channels
+
+    rng = np.random.default_rng(1)
+    raw = rng.gamma(2.0, 50.0, size=(20001, 3))
+    for case in ("plain", "extreme"):
+        if case == "extreme":
+            raw[::997, 1] = 1e30  # far outliers in one channel only
+        _, clipped, bounds, n_clipped, n_extreme = _clip_channels(raw, (0.5, 99.5))
+        assert n_clipped.min() > 0  # 1 % of every channel lies outside the bounds
+        np.testing.assert_array_equal(bounds, _reference_clip_bounds(raw, 0.5, 99.5))
+        assert (n_extreme > 0).tolist() == [False, case == "extreme", False]
+        assert clipped.max(0).tolist() == bounds[1].tolist()
+
+
+def test_component_argmax_is_torch_argmax_with_ties():
+    from napari_gmmseg.em.result import component_argmax
+
+    gen = torch.Generator().manual_seed(2)
+    storage = torch.rand(3, 4, 1000, generator=gen).round(decimals=1)  # many ties
+    soft = storage.transpose(1, 2)  # (S, N, K) view of (S, K, N), as the engine keeps it
+    assert torch.equal(component_argmax(soft), soft.argmax(-1))
+    assert torch.equal(component_argmax(soft.contiguous()), soft.argmax(-1))

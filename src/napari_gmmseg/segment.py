@@ -86,8 +86,10 @@ def _build_labels(
     """
     import torch
 
+    from napari_gmmseg.em.result import component_argmax
+
     k = soft.shape[-1]
-    comp = soft.argmax(-1).to("cpu").numpy()  # (S, N) int64
+    comp = component_argmax(soft).to("cpu").numpy()  # (S, N) int64
     valid = batch.valid.to("cpu").numpy()
     values = np.asarray(CLASS_VALUES, dtype=np.int32)
     cls = np.take_along_axis(c2c, comp, axis=1)  # (S, N) class index

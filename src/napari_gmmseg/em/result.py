@@ -7,7 +7,23 @@ from typing import Any
 
 import torch
 
-__all__ = ["MixtureResult"]
+__all__ = ["MixtureResult", "component_argmax"]
+
+
+def component_argmax(soft: torch.Tensor) -> torch.Tensor:
+    """``(S, N)`` int64 index of the largest of the ``K`` values of ``soft`` ``(S, N, K)``.
+
+    The same as ``soft.argmax(-1)`` (the first index among equal values; inputs hold no
+    NaN), as one running comparison over the K components: a reduction over a short
+    strided axis is slow in torch (0.83 s for (15, 262144, 4) stored as (S, K, N), the
+    engine's layout; 0.16 s here, without a contiguous copy).
+    """
+    best = soft[..., 0].clone()
+    index = torch.zeros(best.shape, dtype=torch.int64, device=soft.device)
+    for k in range(1, soft.shape[-1]):
+        index.masked_fill_(soft[..., k] > best, k)
+        torch.maximum(best, soft[..., k], out=best)
+    return index
 
 
 @dataclass
@@ -59,7 +75,7 @@ class MixtureResult:
     @property
     def labels(self) -> torch.Tensor:
         """``(S, N_max)`` int64 component index of each packed pixel (argmax)."""
-        return self.responsibilities.argmax(-1)
+        return component_argmax(self.responsibilities)
 
     @property
     def final_nll(self) -> torch.Tensor:
