@@ -34,6 +34,7 @@ __all__ = [
     "NORMALIZATIONS",
     "SliceBatch",
     "check_volume",
+    "clip_bounds",
     "resolve_device",
 ]
 
@@ -599,6 +600,31 @@ def _row_layout(
     return rows, crop_flat, shape, np.array([-1], dtype=np.int64), np.array([srow.size])
 
 
+def clip_bounds(raw: np.ndarray, percentiles: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """The ``(2, C)`` clip bounds of ``(P, C)`` ROI intensities and the ``(P, C)`` extreme mask.
+
+    Extreme voxels lie more than :data:`EXTREME_FACTOR` times the 5-95 percentile spread
+    outside it; the bounds are the ``percentiles`` of the other voxels, per channel.
+    """
+    low, high = (float(v) for v in percentiles)
+    if not 0.0 <= low < high <= 100.0:
+        raise ModelError(f"clip_percentiles must satisfy 0 <= low < high <= 100, got {percentiles}")
+    # One partition per channel, on a contiguous column (2.5x faster than ``axis=0`` of
+    # the (P, C) array, the same order statistics).
+    columns = [np.ascontiguousarray(raw[:, c]) for c in range(raw.shape[1])]
+    q = np.stack([np.percentile(col, [5.0, 95.0, low, high]) for col in columns], axis=1)
+    q1, q3 = q[0], q[1]  # (C,) each
+    spread = EXTREME_FACTOR * np.maximum(q3 - q1, 1e-12 * np.maximum(np.abs(q3), 1.0))
+    extreme = (raw < q1 - spread) | (raw > q3 + spread)  # (P, C)
+    bounds = q[2:]  # (2, C)
+    if extreme.any():  # the bounds leave the extreme voxels out
+        bounds = np.stack(
+            [np.percentile(col[~extreme[:, c]], [low, high]) for c, col in enumerate(columns)],
+            axis=1,
+        )
+    return bounds, extreme
+
+
 def _clip_channels(
     raw: np.ndarray, percentiles: tuple[float, float] | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
@@ -613,22 +639,7 @@ def _clip_channels(
     if percentiles is None:
         zeros = np.zeros(n_ch, dtype=np.int64)
         return raw, raw, None, zeros, zeros.copy()
-    low, high = (float(v) for v in percentiles)
-    if not 0.0 <= low < high <= 100.0:
-        raise ModelError(f"clip_percentiles must satisfy 0 <= low < high <= 100, got {percentiles}")
-    # One partition per channel, on a contiguous column (2.5x faster than ``axis=0`` of
-    # the (P, C) array, the same order statistics).
-    columns = [np.ascontiguousarray(raw[:, c]) for c in range(n_ch)]
-    q = np.stack([np.percentile(col, [5.0, 95.0, low, high]) for col in columns], axis=1)
-    q1, q3 = q[0], q[1]  # (C,) each
-    spread = EXTREME_FACTOR * np.maximum(q3 - q1, 1e-12 * np.maximum(np.abs(q3), 1.0))
-    extreme = (raw < q1 - spread) | (raw > q3 + spread)  # (P, C)
-    bounds = q[2:]  # (2, C)
-    if extreme.any():  # the bounds leave the extreme voxels out
-        bounds = np.stack(
-            [np.percentile(col[~extreme[:, c]], [low, high]) for c, col in enumerate(columns)],
-            axis=1,
-        )
+    bounds, extreme = clip_bounds(raw, percentiles)
     n_clipped = ((raw < bounds[0]) | (raw > bounds[1])).sum(0).astype(np.int64)
     clipped = np.clip(raw, bounds[0], bounds[1])
     values = np.where(extreme, clipped, raw) if extreme.any() else raw

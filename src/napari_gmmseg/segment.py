@@ -544,9 +544,10 @@ def _refuse_extreme(
     """Raise :class:`ExtremeIntensityError` for extreme ``(P, C)`` ROI intensities."""
     from types import SimpleNamespace
 
-    from napari_gmmseg.preprocess import SliceBatch, _clip_channels
+    from napari_gmmseg.preprocess import SliceBatch, clip_bounds
 
-    _, _, bounds, _, n_extreme = _clip_channels(pixels.astype(np.float64), percentiles)
+    bounds, extreme = clip_bounds(pixels.astype(np.float64), percentiles)  # as the fit sees them
+    n_extreme = extreme.sum(0).astype(np.int64)
     view = SimpleNamespace(
         clip_bounds=bounds, n_extreme=n_extreme, clip_percentiles=percentiles, channels=channels
     )
