@@ -21,6 +21,7 @@ Usage (prints a markdown table)::
     python benchmarks/bench_engine.py                      # everything
     python benchmarks/bench_engine.py --cases a,c --iters 100
     python benchmarks/bench_engine.py --real ../shared/data/myops_real --threads 2
+    python benchmarks/bench_engine.py --floor --cases b     # the E-step floor: exp + log
 """
 
 from __future__ import annotations
@@ -276,6 +277,32 @@ def run_cli(iters: int, threads: int | None) -> dict:
     return {"engine": "cli", "case": "b", "wall_s": wall}
 
 
+def floor_ms(case: str, real: Path, repeats: int = 10, tile: int = 1 << 16) -> dict:
+    """The E-step's arithmetic floor on ``case``, ms per pass on one thread: one ``exp`` per
+    pixel and component plus one ``log`` per pixel, float32, in place on a cache-resident
+    tile of the engine's size (best of ``repeats``). No E-step does less transcendental
+    work; with T threads the floor is at best this divided by T (``ideal_ms_2_threads``).
+    """
+    import torch
+
+    torch.set_num_threads(1)
+    _, roi, _ = _cached(case, real)
+    n_pix = int(roi.sum())
+    gen = torch.Generator().manual_seed(0)
+    a, e = -10.0 * torch.rand(K, tile, generator=gen), torch.empty(K, tile)
+    s, t = torch.rand(1, tile, generator=gen) + 0.5, torch.empty(1, tile)
+    n_tiles = -(-n_pix // tile)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(n_tiles):
+            torch.exp(a, out=e)
+            torch.log(s, out=t)
+        best = min(best, time.perf_counter() - t0)
+    ms = best * 1e3
+    return {"case": case, "pixels": n_pix, "ms_1_thread": ms, "ideal_ms_2_threads": ms / 2}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--cases", default="a,b,c,cli", help="comma list of a, b, c, cli")
@@ -285,7 +312,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=None, help="OMP/MKL threads of every run")
     p.add_argument("--slices", type=int, default=None, help="use only the first N slices")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--floor", action="store_true", help="print the E-step floor (exp + log) of --cases"
+    )
     args = p.parse_args(argv)
+    if args.floor:
+        for case in [c for c in args.cases.split(",") if c in ("a", "b", "c")]:
+            print(json.dumps(floor_ms(case, args.real)))
+        return
     if args.worker:
         print(json.dumps(worker(args.worker, args.cases, args.iters, args.real, args.slices)))
         return
