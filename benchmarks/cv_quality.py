@@ -9,7 +9,9 @@ tissue classifier (:func:`napari_gmmseg.classifier.learn_classifier`) are learne
   prediction and ground truth have no scar scores 1, one of them empty 0);
 - per-slice mean Dice: the mean over slices of the mean Dice of the four classes
   (blood pool, myocardium, edema, scar) present in the prediction or the ground truth;
-- burden per case (% of LV myocardium): mean absolute error and bias, scar and edema;
+- burden per case (% of LV myocardium): mean absolute error and bias, scar and edema, and
+  in a last row the same for a constant (each case given the other cases' mean true
+  burden): the error a burden estimate has to beat;
 - scar-free slices (ground truth) that get no scar, and scar Dice on the slices with scar;
 - seconds per case (fit only, this machine).
 
@@ -85,6 +87,8 @@ def score_case(labels: np.ndarray, gt: np.ndarray, spacing_mm) -> dict:
         "slice_dice": [float(np.nanmean(r)) for r in per_slice[fitted]],
         "scar_err": bp["scar_pct"] - bg["scar_pct"],
         "edema_err": bp["edema_pct"] - bg["edema_pct"],
+        "scar_true": bg["scar_pct"],
+        "edema_true": bg["edema_pct"],
         "free": int(free.sum()),
         "cleared": int(cleared.sum()),
         "scar_slice_dice": scar_slices,
@@ -157,6 +161,20 @@ def table(results: dict[str, list[dict]]) -> str:
             f"| {cleared}/{free} ({100 * cleared / max(free, 1):.0f} %) "
             f"| {np.mean([d for r in rows for d in r['scar_slice_dice']]):.3f} "
             f"| {np.mean([r['seconds'] for r in rows]):.2f} |"
+        )
+    rows = next(iter(results.values()), [])
+    if rows and "scar_true" in rows[0]:
+        errs = []
+        for what in ("scar_true", "edema_true"):
+            true = np.array([r[what] for r in rows])
+            others = (true.sum() - true) / (len(true) - 1)  # the mean of the other cases
+            errs.append(others - true)
+        (se, ee), blank = errs, " | " * 2
+        lines.append(
+            "| *constant: each case gets the mean true burden of the other cases*"
+            + blank
+            + f"| | {np.abs(se).mean():.1f} / {se.mean():+.1f} "
+            f"| {np.abs(ee).mean():.1f} / {ee.mean():+.1f} | | | |"
         )
     return head + "\n".join(lines) + "\n"
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from napari_gmmseg._threads import cpu_threads
 from napari_gmmseg.classifier.features import feature_columns, volume_features
 from napari_gmmseg.classifier.model import TissueClassifier
 from napari_gmmseg.errors import ModelError
@@ -48,12 +49,17 @@ def case_training_pixels(case: Any) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _train(x: np.ndarray, y: np.ndarray, *, seed: int, epochs: int, hidden: int) -> tuple:
-    """Train the MLP on standardised features; returns (weights, biases, mean, sd)."""
+    """Train the MLP on standardised features; returns (weights, biases, mean, sd).
+
+    On one CPU thread: a product split among threads adds in another order, so the
+    weights would depend on the machine's core count (measured: a 2-thread and a
+    1-thread run of the same seed differ); on one thread the same seed gives the same
+    weights everywhere.
+    """
     import torch
 
-    with torch.random.fork_rng(
-        devices=[]
-    ):  # seeds the weight init without touching the caller's RNG
+    # fork_rng seeds the weight init without touching the caller's RNG
+    with cpu_threads(1), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return _train_seeded(x, y, seed=seed, epochs=epochs, hidden=hidden)
 

@@ -23,13 +23,13 @@ import functools
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from napari_gmmseg._threads import cpu_threads
 from napari_gmmseg.errors import ModelError
 
 __all__ = [
@@ -250,24 +250,6 @@ def default_cpu_threads() -> int:
     import torch
 
     return max(1, min(torch.get_num_threads(), (os.cpu_count() or 2) // 2))
-
-
-@contextmanager
-def cpu_threads(n: int | None) -> Iterator[None]:
-    """Run a block with ``torch.set_num_threads(n)`` and restore the previous setting."""
-    import torch
-
-    old = torch.get_num_threads()
-    if n is None or int(n) == old:
-        yield
-        return
-    if int(n) < 1:
-        raise ModelError(f"num_threads must be >= 1, got {n}")
-    torch.set_num_threads(int(n))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _in_cpu_threads(fn: Callable[..., DeepState]) -> Callable[..., DeepState]:

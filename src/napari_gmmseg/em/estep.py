@@ -10,13 +10,12 @@ log joint and the statistics are one batched product each.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import Any
 
 import torch
 
+from napari_gmmseg._threads import cpu_threads
 from napari_gmmseg.gaussian import precision_cholesky
 
 __all__ = ["EStep", "features"]
@@ -170,7 +169,7 @@ class EStep:
 
         workers = min(self.workers, len(tiles))
         if workers > 1:
-            with _one_intra_op_thread():
+            with cpu_threads(1):  # torch's intra-op threads off while the workers run
                 futures = [_pool(workers).submit(work, j, workers) for j in range(workers)]
                 for f in futures:
                     f.result()
@@ -293,16 +292,3 @@ def _pool(workers: int) -> ThreadPoolExecutor:
 def _flush_denormals() -> None:
     # Per thread (the CPU's control register), as the driver does for its own thread.
     torch.set_flush_denormal(True)
-
-
-@contextmanager
-def _one_intra_op_thread() -> Iterator[None]:
-    """torch's intra-op threads set to 1 while the E-step workers run (then restored)."""
-    old = torch.get_num_threads()
-    if old != 1:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        if old != 1:
-            torch.set_num_threads(old)
