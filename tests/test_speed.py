@@ -243,3 +243,26 @@ def test_component_argmax_is_torch_argmax_with_ties():
     soft = storage.transpose(1, 2)  # (S, N, K) view of (S, K, N), as the engine keeps it
     assert torch.equal(component_argmax(soft), soft.argmax(-1))
     assert torch.equal(component_argmax(soft.contiguous()), soft.argmax(-1))
+
+
+def test_estep_in_one_tile_as_on_cuda_matches_the_tiled_pass():
+    """CUDA takes all pixels as one tile (``chunk_pixels`` 2**62): the SVGMM path's buffer
+    is sized by the tile, not by the nominal tile size."""
+    from napari_gmmseg.em.estep import EStep, features
+
+    gen = torch.Generator().manual_seed(0)
+    s, n, m, k = 3, 500, 3, 4
+    x = torch.randn(s, n, m, generator=gen)
+    valid = torch.ones(s, n)
+    wk = {"f": features(x, valid, "diag"), "n": valid.sum(1).double()}
+    w = torch.full((s, k), 1.0 / k, dtype=torch.float64)
+    mu = torch.randn(s, k, m, generator=gen, dtype=torch.float64)
+    cov = torch.ones(s, k, m, dtype=torch.float64)
+    outs = []
+    for chunk in (100, 1 << 62):
+        est = EStep(k, m, "diag", torch.float32, torch.device("cpu"), chunk_pixels=chunk)
+        log_pi = torch.full((s, k, n), -float(np.log(k)))
+        res = est.run(w, mu, cov, wk, log_pi=log_pi, upd=torch.tensor([True, True, False]))
+        outs.append([*res, log_pi])
+    for a, b in zip(*outs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)

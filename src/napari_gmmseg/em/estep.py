@@ -163,7 +163,8 @@ class EStep:
             # pass (the SVGMM M-step for Pi, the Potts term): then into one buffer.
             buf = None
             if upd is not None or nb is not None:
-                buf = torch.empty(row_step * self.k * cols, dtype=self.dtype, device=self.device)
+                size = min(sw, row_step) * self.k * cols  # the largest tile (one on CUDA)
+                buf = torch.empty(size, dtype=self.dtype, device=self.device)
             for i in range(first, len(tiles), step):
                 parts[i] = self._pass_tile(tiles[i], buf, *args)
 
