@@ -283,11 +283,11 @@ def fit_pathology(
     if wb.x.shape[0] == 0:
         return np.zeros((0, 1, 1, len(PATHOLOGY_CLASSES)), dtype=np.float32)
     if mixture == "map-em":
-        from napari_gmmseg.mixture import SINGLE_THREAD_BELOW, _CpuSettings
+        from napari_gmmseg.mixture import SINGLE_THREAD_BELOW, cpu_fit_settings
 
         cpu = wb.x.device.type == "cpu"
         small = wb.mask.numel() * len(PATHOLOGY_CLASSES) < SINGLE_THREAD_BELOW
-        with _CpuSettings(1 if cpu and small else None, cpu):  # the engine's threading rule
+        with cpu_fit_settings(1 if cpu and small else None, cpu):  # the engine's threading rule
             r = fit_map_em(wb, stats, strength=strength, beta=beta)
     else:
         r = _fit_engine(wb, stats, mixture, beta, seed)
