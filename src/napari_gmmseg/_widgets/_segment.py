@@ -477,7 +477,8 @@ class SegmentWidget(QWidget):
             "device": self.device.currentText(),
             "presence": self._presence_rule(),
         }
-        if METHODS[method].family != "pipeline":
+        engine = METHODS[method].family != "pipeline"  # a pipeline has its own K, iterations
+        if engine:
             kwargs["n_classes"] = self.n_classes.value()
             kwargs["tol"] = self._tolerance()
             kwargs["per_slice"] = bool(self.per_slice.currentData())
@@ -485,7 +486,7 @@ class SegmentWidget(QWidget):
         if method in DEEP_METHODS:
             kwargs["max_epochs"] = limit
             kwargs["min_epochs"] = min(limit, DeepOptions().min_epochs)
-        elif METHODS[method].family != "pipeline":
+        elif engine:
             kwargs["max_iter"] = limit
             if self.n_init.value() > 1 and METHODS[method].accepts("n_init"):
                 kwargs["n_init"] = self.n_init.value()
