@@ -179,6 +179,81 @@ def table(results: dict[str, list[dict]]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
+def accuracy_entries(
+    results: dict[str, list[dict]], roi: str, dataset: str, command: str
+) -> list[dict]:
+    """The stated-accuracy entries (:mod:`napari_gmmseg.accuracy`) of the configs run with
+    their method's default options: per-case burden agreement and lesion Dice."""
+    from napari_gmmseg.accuracy import StatedAccuracy
+    from napari_gmmseg.agreement import bland_altman
+
+    entries = []
+    for name, rows in results.items():
+        method, opts = CONFIGS[name]
+        if opts:  # an ablation: not what a user runs
+            continue
+        ids = sorted(r["case"] for r in rows)
+        ba = {
+            q: bland_altman(
+                [r[f"{q}_err"] + r[f"{q}_true"] for r in rows], [r[f"{q}_true"] for r in rows]
+            )
+            for q in ("scar", "edema")
+        }
+        entries.append(
+            StatedAccuracy(
+                method=method,
+                roi="manual" if roi == "gt" else "auto",
+                dataset=f"{len(rows)} MyoPS 2020 training cases ({Path(dataset).name}: "
+                f"{ids[0]}-{ids[-1]})",
+                protocol="leave-one-case-out ("
+                + (
+                    "classifier and tissue prior"
+                    if method == "tissue-classifier"
+                    else "the naming prior"
+                )
+                + f" learned on the other {len(rows) - 1} cases)",
+                n_cases=len(rows),
+                scar_pct=ba["scar"],
+                edema_pct=ba["edema"],
+                scar_dice=float(np.mean([r["scar_dice"] for r in rows])),
+                lesion_dice=float(np.mean([r["lesion_dice"] for r in rows])),
+                command=command,
+            ).to_dict()
+        )
+    return [_rounded(e) for e in entries]
+
+
+def _rounded(value: object, digits: int = 4) -> object:
+    """``value`` with every float rounded (a readable file; far below the noise)."""
+    if isinstance(value, float):
+        return round(value, digits)
+    if isinstance(value, dict):
+        return {k: _rounded(v, digits) for k, v in value.items()}
+    return value
+
+
+def write_accuracy(path: Path, entries: list[dict]) -> None:
+    """Merge ``entries`` into the statement file ``path`` (same method and ROI replaced),
+    written atomically."""
+    import os
+
+    doc = {
+        "about": "Cross-validated per-case burden agreement (% of LV myocardium, prediction "
+        "minus manual; Bland-Altman) and lesion Dice of methods at their default options: "
+        "what napari_gmmseg.accuracy states beside a burden. Written by "
+        "benchmarks/cv_quality.py --write-accuracy; do not edit by hand.",
+        "entries": [],
+    }
+    if path.exists():
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    keys = {(e["method"], e["roi"]) for e in entries}
+    kept = [e for e in doc["entries"] if (e["method"], e["roi"]) not in keys]
+    doc["entries"] = sorted(kept + entries, key=lambda e: (e["method"], e["roi"]))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def main() -> None:
     """Command-line entry point."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -187,17 +262,39 @@ def main() -> None:
     ap.add_argument("--out", help="markdown file to write (with a JSON of the per-case rows)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--roi", choices=("gt", "auto"), default="gt", help="ROI of the held-out case")
+    ap.add_argument(
+        "--write-accuracy",
+        type=Path,
+        metavar="JSON",
+        help="merge the default-option configs' burden agreement into this stated-accuracy "
+        "file (the package's is src/napari_gmmseg/data/stated_accuracy.json)",
+    )
+    ap.add_argument(
+        "--load", type=Path, metavar="JSON", help="score a previous --out JSON instead of running"
+    )
     args = ap.parse_args()
     configs = [c for c in args.configs.split(";") if c]
     unknown = [c for c in configs if c not in CONFIGS]
     if unknown:
         raise SystemExit(f"unknown configs {unknown}; known: {list(CONFIGS)}")
-    results = run(args.dataset, configs, args.seed, args.roi)
+    if args.load:
+        results = {c: r for c, r in json.loads(args.load.read_text()).items() if c in configs}
+    else:
+        results = run(args.dataset, configs, args.seed, args.roi)
     md = table(results)
     print(md)
     if args.out:
         Path(args.out).write_text(md)
         Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=1, default=float))
+    if args.write_accuracy:
+        roi_flag = "" if args.roi == "gt" else " --roi auto"
+        command = (
+            f"python benchmarks/cv_quality.py {args.dataset}{roi_flag} "
+            f'--configs "{";".join(configs)}" --seed {args.seed}'
+        )
+        entries = accuracy_entries(results, args.roi, args.dataset, command)
+        write_accuracy(args.write_accuracy, entries)
+        print(f"stated accuracy of {[e['method'] for e in entries]} -> {args.write_accuracy}")
 
 
 if __name__ == "__main__":

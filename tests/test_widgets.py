@@ -148,6 +148,13 @@ def test_each_method_fills_a_tissue_labels_layer(
         assert row.voxels == int((np.asarray(out.data) == row.index).sum())
         assert row.mL == pytest.approx(row.voxels * voxel_ml)
     assert widget.table.rowCount() == 4
+    # the clinical read-out below it; these settings (restarts, a model learned on this
+    # case, 2 epochs) were never cross-validated, so no error is claimed for them
+    from napari_gmmseg.accuracy import burden_readout
+
+    text = widget.burden.text()
+    assert burden_readout(np.asarray(out.data), case.spacing_mm) in text
+    assert "No burden error was measured" in text and "limits of agreement" not in text
     # four probability maps, one per class
     assert len(viewer.layers) == n_layers + 1 + 4
     probs = [lay for lay in viewer.layers if lay.name.startswith(f"{out.name} p(")]
@@ -529,6 +536,7 @@ def test_numbers_are_cleared_when_their_layers_go(make_napari_viewer_proxy, qtbo
     assert widget.table.rowCount() > 0 and evaluate.table.rowCount() > 0
     viewer.layers.remove(out)
     assert widget.table.rowCount() == 0 and widget.status.text() == ""
+    assert widget.burden.text() == ""
     assert evaluate.table.rowCount() == 0 and evaluate.summary.text() == ""
     assert errors == []
 

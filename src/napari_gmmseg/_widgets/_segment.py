@@ -298,6 +298,11 @@ class SegmentWidget(QWidget):
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         fit_table_height(self.table)
         layout.addWidget(self.table)
+        # The clinical read-out and the error measured for it (or that none was).
+        self.burden = QLabel("")
+        self.burden.setWordWrap(True)
+        self.burden.setObjectName("burden")
+        layout.addWidget(self.burden)
         layout.addStretch(1)
 
     # ---------------------------------------------------------------- helpers
@@ -449,6 +454,7 @@ class SegmentWidget(QWidget):
             self.roi_qc.setVisible(True)
             skipped = [q.slice for q in qc if not q.ok]
             description = f"{roi_layer.name} (QC skipped slices {skipped or 'none'})"
+            roi_source = "auto"
             if not roi.any():
                 raise RoiError(f"'{roi_layer.name}' fails QC on every slice:\n{format_qc(qc)}")
         elif isinstance(roi_layer, napari.layers.Labels):
@@ -464,9 +470,11 @@ class SegmentWidget(QWidget):
                 raise RoiError(f"choose at least one label value of '{roi_layer.name}' as ROI")
             roi = np.isin(data, values)
             description = f"{roi_layer.name} values {values}"
+            roi_source = "manual"
         else:
             roi = roi_from_shapes(roi_layer, reference, zyx, self.roi_all_slices.isChecked())
             description = f"{roi_layer.name} shapes"
+            roi_source = "manual"
         if not roi.any():
             raise RoiError(f"the ROI from '{roi_layer.name}' is empty")
 
@@ -503,6 +511,7 @@ class SegmentWidget(QWidget):
             roi_description=description,
             output_name=f"{label} segmentation",
             want_probabilities=self.probabilities.isChecked(),
+            roi_source=roi_source,
         )
 
     def _tolerance(self) -> float:
@@ -725,6 +734,7 @@ class SegmentWidget(QWidget):
         }
         layer.metadata = metadata
         self._show_table(features)
+        self._show_burden(fit, labels, spacing, request.roi_source)
         if request.want_probabilities and fit.probabilities is not None:
             self._add_probabilities(request, fit, layer)
         return layer
@@ -745,6 +755,19 @@ class SegmentWidget(QWidget):
         fit_table_height(self.table)
         self.progress.setValue(0)
         self.status.setText("")
+        self.burden.setText("")
+
+    def _show_burden(self, fit: Fit, labels: np.ndarray, spacing, roi_source) -> None:
+        from napari_gmmseg.accuracy import burden_readout, stated_accuracy_for
+
+        accuracy = stated_accuracy_for(fit.params, roi_source)
+        note = (
+            accuracy.sentence()
+            if accuracy is not None
+            else "No burden error was measured for these settings."
+        )
+        prefix = "Partial (cancelled): " if fit.cancelled else ""
+        self.burden.setText(f"{prefix}{burden_readout(labels, spacing)}.\n{note}")
 
     def _show_table(self, features) -> None:
         self.table.setRowCount(len(features))

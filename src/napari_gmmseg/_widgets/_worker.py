@@ -28,6 +28,7 @@ class SegmentRequest:
     roi_description: str
     output_name: str
     want_probabilities: bool
+    roi_source: str | None = None  # a key of napari_gmmseg.accuracy.ROI_SOURCES
     output: Any = None
     started: float = field(default_factory=time.perf_counter)
     written: int = -1

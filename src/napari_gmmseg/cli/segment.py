@@ -174,7 +174,22 @@ def run(args: argparse.Namespace) -> int:
             f"{n_clip} ROI intensities clipped (statistics) to the {lo:g}-{hi:g} percentiles; "
             f"wrote {path} ({summary})"
         )
+        roi_source = None if args.roi is None else "auto" if args.roi == "auto" else "manual"
+        print(_burden_lines(fit, case.spacing_mm, roi_source))
     return 0
+
+
+def _burden_lines(fit, spacing_mm, roi_source: str | None) -> str:
+    """The clinical read-out of the labels and the error stated for it (or that none is)."""
+    from napari_gmmseg.accuracy import burden_readout, stated_accuracy_for
+
+    accuracy = stated_accuracy_for(fit.params, roi_source)
+    note = (
+        accuracy.sentence()
+        if accuracy is not None
+        else "no burden error was measured for these settings (see docs/quality.md)"
+    )
+    return f"burden: {burden_readout(fit.labels, spacing_mm)}\n  {note}"
 
 
 def _segment(segment, case, roi, args, presence, report, options):

@@ -24,20 +24,40 @@ _LOG_2PI = math.log(2.0 * math.pi)
 
 
 def features(x: torch.Tensor, valid_f: torch.Tensor, covariance_type: str) -> torch.Tensor:
-    """``(S, D, N)`` rows ``[x, x**2 or x x^T, valid]`` of packed pixels ``(S, N, M)``."""
+    """``(S, D, N)`` rows ``[x, x**2 or x_i x_j (i <= j), valid]`` of pixels ``(S, N, M)``.
+
+    ``full`` keeps the ``M (M + 1) / 2`` distinct products only (the upper triangle of
+    ``x x^T``, row-major): 6 rows instead of 9 for three channels.
+    """
     s, n, m = x.shape
-    q = m if covariance_type == "diag" else m * m
-    feat = torch.empty(
-        s, 2 * m + 1 if covariance_type == "diag" else m + q + 1, n, dtype=x.dtype, device=x.device
-    )
+    rows_i, rows_j = _second_moment_rows(m, covariance_type)
+    feat = torch.empty(s, m + rows_i.numel() + 1, n, dtype=x.dtype, device=x.device)
     xt = feat[:, :m]
     xt.copy_(x.transpose(1, 2))
     if covariance_type == "diag":
         torch.mul(xt, xt, out=feat[:, m : 2 * m])
     else:
-        feat[:, m : m + q] = (xt.unsqueeze(2) * xt.unsqueeze(1)).flatten(1, 2)
+        torch.mul(xt[:, rows_i], xt[:, rows_j], out=feat[:, m:-1])
     feat[:, -1] = valid_f
     return feat
+
+
+def _second_moment_rows(m: int, covariance_type: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Channel pairs ``(i, j)`` of the second-moment feature rows: ``i == j`` for diag,
+    ``i <= j`` (row-major upper triangle) for full."""
+    if covariance_type == "diag":
+        idx = torch.arange(m)
+        return idx, idx
+    return tuple(torch.triu_indices(m, m))  # type: ignore[return-value]
+
+
+def _full_from_triangle(sxx_tri: torch.Tensor, m: int) -> torch.Tensor:
+    """``(..., M*M)`` symmetric second moments from their upper triangle ``(..., M(M+1)/2)``."""
+    i, j = torch.triu_indices(m, m)
+    pos = torch.empty(m, m, dtype=torch.long)
+    pos[i, j] = torch.arange(i.numel())
+    pos[j, i] = pos[i, j]
+    return sxx_tri[..., pos.flatten().to(sxx_tri.device)]
 
 
 class EStep:
@@ -188,6 +208,8 @@ class EStep:
         nk = stats[:, :, -1]
         sx = stats[:, :, :m]
         sxx = stats[:, :, m:-1]
+        if self.covariance_type == "full":
+            sxx = _full_from_triangle(sxx, m)
         return -ll / wk["n"], nk, sx, sxx
 
     def _pass_tile(
