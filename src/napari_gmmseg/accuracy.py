@@ -155,22 +155,25 @@ def stated_accuracy_for(params: Mapping[str, object], roi: str | None) -> Stated
             return None
     except ModelError:  # an option the registry no longer knows: not the measured setting
         return None
-    if spec.family != "pipeline" and any(
-        params.get(name) != default for name, default in _segment_defaults().items()
-    ):
-        return None
+    if spec.family != "pipeline":
+        defaults = _segment_defaults()
+        if defaults is None or any(params.get(n) != v for n, v in defaults.items()):
+            return None
     return next((s for s in load_stated_accuracy() if (s.method, s.roi) == (method, roi)), None)
 
 
-def _segment_defaults() -> dict[str, object]:
+def _segment_defaults() -> dict[str, object] | None:
     """The engine settings of :func:`napari_gmmseg.segment.segment` at their defaults (the
-    one place they are written), as ``Fit.params`` records them."""
+    one place they are written), as ``Fit.params`` records them; None when ``segment`` has
+    been replaced by something without them (no statement can be checked then)."""
     import inspect
 
-    from napari_gmmseg.segment import segment
+    from napari_gmmseg import segment as core
 
-    sig = inspect.signature(segment).parameters
+    sig = inspect.signature(core.segment).parameters
     names = ("n_classes", "covariance_type", "init", "tol", "max_iter", "per_slice")
+    if not all(n in sig for n in names):
+        return None
     return {name: sig[name].default for name in names}
 
 
