@@ -150,11 +150,11 @@ def test_each_method_fills_a_tissue_labels_layer(
     assert widget.table.rowCount() == 4
     # the clinical read-out below it; these settings (restarts, a model learned on this
     # case, 2 epochs) were never cross-validated, so no error is claimed for them
-    from napari_gmmseg.accuracy import burden_readout
+    from napari_gmmseg.accuracy import NOT_MEASURED, burden_readout
 
     text = widget.burden.text()
     assert burden_readout(np.asarray(out.data), case.spacing_mm) in text
-    assert "No burden error was measured" in text and "limits of agreement" not in text
+    assert NOT_MEASURED in text and "limits of agreement" not in text
     # four probability maps, one per class
     assert len(viewer.layers) == n_layers + 1 + 4
     probs = [lay for lay in viewer.layers if lay.name.startswith(f"{out.name} p(")]

@@ -31,8 +31,10 @@ from napari_gmmseg.errors import ModelError
 
 __all__ = [
     "ACCURACY_PATH",
+    "NOT_MEASURED",
     "ROI_SOURCES",
     "StatedAccuracy",
+    "accuracy_note",
     "burden_readout",
     "load_stated_accuracy",
     "stated_accuracy_for",
@@ -160,6 +162,17 @@ def stated_accuracy_for(params: Mapping[str, object], roi: str | None) -> Stated
         if defaults is None or any(params.get(n) != v for n, v in defaults.items()):
             return None
     return next((s for s in load_stated_accuracy() if (s.method, s.roi) == (method, roi)), None)
+
+
+#: What the front ends say where no statement applies.
+NOT_MEASURED = "no burden error was measured for these settings (see docs/quality.md)"
+
+
+def accuracy_note(params: Mapping[str, object], roi: str | None) -> str:
+    """The statement that applies to a fit in words, or :data:`NOT_MEASURED`
+    (see :func:`stated_accuracy_for`)."""
+    accuracy = stated_accuracy_for(params, roi)
+    return NOT_MEASURED if accuracy is None else accuracy.sentence()
 
 
 def _segment_defaults() -> dict[str, object] | None:

@@ -758,14 +758,9 @@ class SegmentWidget(QWidget):
         self.burden.setText("")
 
     def _show_burden(self, fit: Fit, labels: np.ndarray, spacing, roi_source) -> None:
-        from napari_gmmseg.accuracy import burden_readout, stated_accuracy_for
+        from napari_gmmseg.accuracy import accuracy_note, burden_readout
 
-        accuracy = stated_accuracy_for(fit.params, roi_source)
-        note = (
-            accuracy.sentence()
-            if accuracy is not None
-            else "No burden error was measured for these settings."
-        )
+        note = accuracy_note(fit.params, roi_source)
         prefix = "Partial (cancelled): " if fit.cancelled else ""
         self.burden.setText(f"{prefix}{burden_readout(labels, spacing)}.\n{note}")
 

@@ -181,14 +181,9 @@ def run(args: argparse.Namespace) -> int:
 
 def _burden_lines(fit, spacing_mm, roi_source: str | None) -> str:
     """The clinical read-out of the labels and the error stated for it (or that none is)."""
-    from napari_gmmseg.accuracy import burden_readout, stated_accuracy_for
+    from napari_gmmseg.accuracy import accuracy_note, burden_readout
 
-    accuracy = stated_accuracy_for(fit.params, roi_source)
-    note = (
-        accuracy.sentence()
-        if accuracy is not None
-        else "no burden error was measured for these settings (see docs/quality.md)"
-    )
+    note = accuracy_note(fit.params, roi_source)
     return f"burden: {burden_readout(fit.labels, spacing_mm)}\n  {note}"
 
 
