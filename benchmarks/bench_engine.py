@@ -22,6 +22,7 @@ Usage (prints a markdown table)::
     python benchmarks/bench_engine.py --cases a,c --iters 100
     python benchmarks/bench_engine.py --real ../shared/data/myops_real --threads 2
     python benchmarks/bench_engine.py --floor --cases b     # the E-step floor: exp + log
+    python benchmarks/bench_engine.py --cases b --engines engine,engine-torch  # E-step kernels
 """
 
 from __future__ import annotations
@@ -92,13 +93,18 @@ def initial_params(images: np.ndarray, roi: np.ndarray):
 
 
 # ----------------------------------------------------------------------------- engines
-def run_engine(batch, w, mu, cov, iters: int) -> None:
+def run_engine(batch, w, mu, cov, iters: int, estep_kernel: str = "auto") -> None:
     from napari_gmmseg.mixture import fit_gmm
 
     fit_gmm(
         batch, n_components=K, init_params=(w, mu, cov), tol=0, max_iter=iters,
-        reg_covar=REG, reg_covar_relative=False, reg_mode="add",
+        reg_covar=REG, reg_covar_relative=False, reg_mode="add", estep_kernel=estep_kernel,
     )  # fmt: skip
+
+
+def run_engine_torch(batch, w, mu, cov, iters: int) -> None:
+    """The engine with the torch E-step (``estep_kernel="torch"``) instead of the fused one."""
+    run_engine(batch, w, mu, cov, iters, estep_kernel="torch")
 
 
 def run_sklearn(batch, w, mu, cov, iters: int) -> None:
@@ -149,7 +155,12 @@ def run_numpy(batch, w, mu, cov, iters: int) -> None:
         )
 
 
-ENGINES = {"engine": run_engine, "sklearn": run_sklearn, "numpy": run_numpy}
+ENGINES = {
+    "engine": run_engine,
+    "engine-torch": run_engine_torch,
+    "sklearn": run_sklearn,
+    "numpy": run_numpy,
+}
 
 
 def _rss_mb() -> float:
@@ -235,6 +246,12 @@ def worker(engine: str, case: str, iters: int, real: Path, slices: int | None = 
     n_pix = int(batch.valid.sum())
     input_mb = images.nbytes / 2**20
     del images, roi
+    # One-time loading (numba's compiler and the cached fused kernel, torch's kernels) is
+    # the library's, like its import: a fit on 8 slices of 16x16 first, its growth reported.
+    before_warmup = _rss_mb()
+    if engine.startswith("engine"):
+        tiny = np.random.default_rng(0).normal(size=(8, 16, 16, mu.shape[-1]))
+        ENGINES[engine](*initial_params(tiny, np.ones(tiny.shape[:3], bool)), 2)
     base = _rss_mb()
     with PeakRss() as rss:
         t0, c0 = time.perf_counter(), time.process_time()
@@ -249,6 +266,7 @@ def worker(engine: str, case: str, iters: int, real: Path, slices: int | None = 
         "wall_s": wall,
         "cpu_s": cpu,
         "peak_extra_mb": rss.peak - base,
+        "warmup_mb": base - before_warmup,
         "batch_mb": (batch.x.numel() * 4 + batch.valid.numel()) / 2**20,
         "input_mb": input_mb,
     }
@@ -305,29 +323,59 @@ def run_cli(iters: int, threads: int | None) -> dict:
 
 
 def floor_ms(case: str, real: Path, repeats: int = 10, tile: int = 1 << 16) -> dict:
-    """The E-step's arithmetic floor on ``case``, ms per pass on one thread: one ``exp`` per
-    pixel and component plus one ``log`` per pixel, float32, in place on a cache-resident
-    tile of the engine's size (best of ``repeats``). No E-step does less transcendental
-    work; with T threads the floor is at best this divided by T (``ideal_ms_2_threads``).
+    """The E-step's arithmetic floor on ``case``: ms per pass of one ``exp`` per pixel and
+    component plus one ``log`` per pixel, float32, nothing else (best of ``repeats``).
+
+    Two implementations, on 1 and 2 threads (tiles shared among the threads): torch's
+    ``exp``/``log`` in place on a cache-resident tile of the torch E-step's size, and the
+    fused kernel's own polynomial ``exp``/``log`` (:mod:`napari_gmmseg.em.fused`) in a
+    compiled loop over blocks of its size. No E-step does less transcendental work; the
+    floor is the faster of the two.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     import torch
 
-    torch.set_num_threads(1)
     _, roi, _ = _cached(case, real)
     n_pix = int(roi.sum())
     gen = torch.Generator().manual_seed(0)
     a, e = -10.0 * torch.rand(K, tile, generator=gen), torch.empty(K, tile)
     s, t = torch.rand(1, tile, generator=gen) + 0.5, torch.empty(1, tile)
     n_tiles = -(-n_pix // tile)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        for _ in range(n_tiles):
+    from napari_gmmseg.em.fused import exp_log_loop
+
+    poly = exp_log_loop()
+    a_np, e_np, s_np, t_np = a.numpy().ravel(), e.numpy().ravel(), s.numpy()[0], t.numpy()[0]
+
+    def torch_tiles(count: int) -> None:
+        for _ in range(count):
             torch.exp(a, out=e)
             torch.log(s, out=t)
-        best = min(best, time.perf_counter() - t0)
-    ms = best * 1e3
-    return {"case": case, "pixels": n_pix, "ms_1_thread": ms, "ideal_ms_2_threads": ms / 2}
+
+    def poly_tiles(count: int) -> None:
+        for _ in range(count):
+            poly(a_np, e_np, s_np, t_np)
+
+    poly_tiles(1)
+    out = {"case": case, "pixels": n_pix}
+    torch.set_num_threads(1)
+    for threads in (1, 2):
+        pool = ThreadPoolExecutor(threads)
+        for name, fn in (("torch", torch_tiles), ("fused_poly", poly_tiles)):
+            best = float("inf")
+            share = [n_tiles // threads + (i < n_tiles % threads) for i in range(threads)]
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                for f in [pool.submit(fn, c) for c in share]:
+                    f.result()
+                best = min(best, time.perf_counter() - t0)
+            out[f"{name}_ms_{threads}_thread{'s' if threads > 1 else ''}"] = best * 1e3
+        pool.shutdown()
+    for threads in ("1_thread", "2_threads"):
+        out[f"floor_ms_{threads}"] = min(
+            out[f"torch_ms_{threads}"], out[f"fused_poly_ms_{threads}"]
+        )
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -389,8 +389,9 @@ def evaluate_case(
     return outcomes
 
 
-#: Options that do not change the labels, left out when a resumed run compares options.
-_NOT_COMPARED = frozenset({"device", "num_threads", "chunk_pixels", "check_every"})
+#: Options that change the labels by float rounding at most (where the arithmetic runs and
+#: in which order), left out when a resumed run compares options.
+_NOT_COMPARED = frozenset({"device", "num_threads", "chunk_pixels", "check_every", "estep_kernel"})
 
 
 def _requested(method: str, options: Mapping[str, Any], presence: Any, roi: Any) -> dict[str, Any]:

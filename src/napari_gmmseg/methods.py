@@ -75,6 +75,10 @@ INITS: tuple[str, ...] = ("kmeans++", "random", "random_from_data", "linspace", 
 SPATIAL: tuple[str, ...] = ("none", "mrf", "smooth")
 #: How the covariance floor is applied: raised to (constrained ML) or added (scikit-learn).
 REG_MODES: tuple[str, ...] = ("clip", "add")
+#: How an E-step tile is computed (:class:`napari_gmmseg.em.estep.EStep`): ``fused``, one
+#: compiled loop per pixel (CPU, float32, numba); ``torch``, batched torch operations;
+#: ``auto``, ``fused`` where it applies.
+ESTEP_KERNELS: tuple[str, ...] = ("auto", "fused", "torch")
 
 #: How :func:`~napari_gmmseg.segment.segment` calls a method's fit function.
 FAMILIES: tuple[str, ...] = ("em", "deep", "pipeline")
@@ -142,6 +146,14 @@ class EMOptions:
     chunk_pixels: int | None = field(
         default=None, metadata=_meta("pixels per E-step tile on the CPU (default 65536)")
     )
+    estep_kernel: str = field(
+        default="auto",
+        metadata=_meta(
+            "E-step: one fused compiled loop (CPU, float32) or torch operations",
+            choices=ESTEP_KERNELS,
+            dock=False,
+        ),
+    )
     num_threads: int | None = field(default=None, metadata=_meta("torch CPU threads of the fit"))
     init_params: Any = field(
         default=None, metadata=_meta("explicit (weights, means, covariances)", cli=False)
@@ -152,6 +164,7 @@ class EMOptions:
         object.__setattr__(self, "dtype", check_choice("dtype", dtype, ("float32", "float64")))
         check_choice("reg_mode", self.reg_mode, REG_MODES)
         check_choice("spatial", self.spatial, SPATIAL)
+        check_choice("estep_kernel", self.estep_kernel, ESTEP_KERNELS)
         _positive("reg_covar", self.reg_covar, strict=False)
         _positive("beta", self.beta, strict=False)
         if self.spatial == "smooth" and not 0.0 <= self.beta <= 1.0:

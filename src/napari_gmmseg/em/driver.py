@@ -117,7 +117,7 @@ def make_problem(batch: Any, spatially_variant: bool, o: dict[str, Any]) -> Prob
         beta=o["beta"],
         dtype=dtype,
         check_every=max(int(o["check_every"]), 1),
-        estep=EStep(k, x.shape[-1], ct, dtype, x.device, o["chunk_pixels"]),
+        estep=EStep(k, x.shape[-1], ct, dtype, x.device, o["chunk_pixels"], o["estep_kernel"]),
         x=x,
         valid_f=valid_f,
         n=n_pix.to(torch.float64),
@@ -140,7 +140,7 @@ def _check_options(spatially_variant: bool, o: dict[str, Any]) -> None:
     if o["tol"] < 0:
         raise ModelError(f"tol must be >= 0, got {o['tol']}")
     names = ("reg_covar", "reg_covar_relative", "reg_mode", "spatial", "beta", "n_init")
-    names += ("dtype", "check_every", "chunk_pixels")
+    names += ("dtype", "check_every", "chunk_pixels", "estep_kernel")
     (EMOptions if spatially_variant else GMMOptions)(**{n: o[n] for n in names})
     if int(o["n_init"]) > 1 and (
         o["init_params"] is not None or o["init"] in ("linspace", "prior")
@@ -191,6 +191,7 @@ def fit_em(
     beta: float = 1.0,
     check_every: int = 5,
     chunk_pixels: int | None = None,
+    estep_kernel: str = "auto",
     progress: ProgressFn = None,
     should_stop: StopFn = None,
 ) -> MixtureResult:

@@ -4,15 +4,18 @@ One pass over the pixels computes the NLL, the responsibilities (optionally writ
 out) and the sufficient statistics of the next M-step, in cache-sized tiles on the
 CPU. The features ``F = [x, x**2 (diag) or x x^T (full), valid]`` ``(S, D, N)`` are
 built once per fit (:func:`features`); every tile is a strided view of them and the
-log joint and the statistics are one batched product each.
+log joint and the statistics are one batched product each, or, on the CPU in float32,
+the whole tile is one compiled loop (:mod:`napari_gmmseg.em.fused`).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import torch
 
 from napari_gmmseg._threads import cpu_threads
@@ -73,6 +76,11 @@ class EStep:
     device : torch.device
     chunk_pixels : int, optional
         Pixels per tile (default 65536 on the CPU, everything at once on CUDA).
+    kernel : {"auto", "fused", "torch"}
+        How a tile is computed: ``fused``, one compiled loop that reads each pixel once
+        (:mod:`napari_gmmseg.em.fused`; CPU, float32, not with the Potts term); ``torch``,
+        batched torch operations; ``auto``, ``fused`` where it applies and numba is
+        installed, else ``torch``.
     """
 
     def __init__(
@@ -83,6 +91,7 @@ class EStep:
         dtype: torch.dtype,
         device: torch.device,
         chunk_pixels: int | None = None,
+        kernel: str = "auto",
     ) -> None:
         self.k, self.m, self.covariance_type = k, m, covariance_type
         self.dtype, self.device = dtype, device
@@ -95,6 +104,7 @@ class EStep:
         self.exp_floor = -87.0 if dtype == torch.float32 else -700.0
         # CPU: the tiles are shared among torch's thread count of the fit (see run).
         self.workers = torch.get_num_threads() if device.type == "cpu" else 1
+        self.fused = _use_fused(kernel, dtype, device)
 
     def terms(
         self, w: torch.Tensor, mu: torch.Tensor, cov: torch.Tensor, with_log_w: bool
@@ -159,11 +169,11 @@ class EStep:
         rows where ``upd`` is True: ``log_pi`` becomes ``log w`` (the SVGMM M-step for
         Pi) and ``resp_out`` the responsibilities.
 
-        With ``workers > 1`` the tiles are shared out round-robin among that many
-        threads, each running single-threaded torch ops: no parallel region (and no
-        barrier that waits for a descheduled thread on a busy machine) per op. Each
-        tile's NLL and statistics are added in tile order afterwards, so the result is
-        bit for bit the same for any number of workers.
+        With ``workers > 1`` the tiles are handed out one at a time to that many
+        threads, each running the fused kernel or single-threaded torch ops: no parallel
+        region (and no barrier that waits for a descheduled thread on a busy machine) per
+        op. Each tile's NLL and statistics are added in tile order afterwards, so the
+        result is bit for bit the same for any number of workers.
         """
         coef, const, bound = self.terms(w, mu, cov, with_log_w=log_pi is None)
         feat = wk["f"]
@@ -176,33 +186,42 @@ class EStep:
             for n0 in range(0, n, cols)
         ]
         args = (coef, const, bound, feat, log_pi, nb, upd, resp_out, want_stats)
+        fused_args = None
+        if self.fused and nb is None:
+            fused_args = self._fused_arrays(coef, const, bound, feat, log_pi, upd, resp_out)
+            fused_args += (want_stats,)
         parts: list[Any] = [None] * len(tiles)
 
-        def work(first: int, step: int) -> None:
+        # Tiles are handed out one at a time (a worker on a slower core takes fewer);
+        # each tile's result has its own slot, summed in tile order below.
+        next_tile = itertools.count()
+
+        def work() -> None:
             # The tile is exponentiated in place unless the log joint is read after the
             # pass (the SVGMM M-step for Pi, the Potts term): then into one buffer.
             buf = None
-            if upd is not None or nb is not None:
+            if fused_args is None and (upd is not None or nb is not None):
                 size = min(sw, row_step) * self.k * cols  # the largest tile (one on CUDA)
                 buf = torch.empty(size, dtype=self.dtype, device=self.device)
-            for i in range(first, len(tiles), step):
-                parts[i] = self._pass_tile(tiles[i], buf, *args)
+            for i in next_tile:
+                if i >= len(tiles):
+                    return
+                if fused_args is not None:
+                    parts[i] = self._fused_tile(tiles[i], *fused_args)
+                else:
+                    parts[i] = self._pass_tile(tiles[i], buf, *args)
 
         workers = min(self.workers, len(tiles))
         if workers > 1:
-            with cpu_threads(1):  # torch's intra-op threads off while the workers run
-                futures = [_pool(workers).submit(work, j, workers) for j in range(workers)]
+            # torch's intra-op threads off while the workers run torch ops (the fused
+            # kernel runs none: switching them costs more than it saves)
+            with cpu_threads(1 if fused_args is None else None):
+                futures = [_pool(workers).submit(work) for _ in range(workers)]
                 for f in futures:
                     f.result()
         else:
-            work(0, 1)
-        width = feat.shape[1]
-        ll = torch.zeros(sw, dtype=torch.float64, device=self.device)
-        stats_t = torch.zeros(sw, width, self.k, dtype=torch.float64, device=self.device)
-        for (s0, s1, _, _), (ll_part, stats_part) in zip(tiles, parts, strict=True):
-            ll[s0:s1] += ll_part
-            if stats_part is not None:
-                stats_t[s0:s1] += stats_part
+            work()
+        ll, stats_t = self._sum_tiles(tiles, parts, sw, feat.shape[1], fused_args is not None)
         m = self.m
         stats = stats_t.transpose(1, 2)
         nk = stats[:, :, -1]
@@ -211,6 +230,32 @@ class EStep:
         if self.covariance_type == "full":
             sxx = _full_from_triangle(sxx, m)
         return -ll / wk["n"], nk, sx, sxx
+
+    def _sum_tiles(
+        self,
+        tiles: list[tuple[int, int, int, int]],
+        parts: list[Any],
+        sw: int,
+        width: int,
+        as_numpy: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each tile's float64 NLL ``(s,)`` and statistics ``(s, D, K)`` added in tile
+        order: ``(S,)`` and ``(S, D, K)`` (NumPy sums for the fused kernel's NumPy parts:
+        a tenth of the cost of a torch operation per tile)."""
+        if as_numpy:
+            ll_np, st_np = np.zeros(sw), np.zeros((sw, width, self.k))
+            for (s0, s1, _, _), (ll_part, stats_part) in zip(tiles, parts, strict=True):
+                ll_np[s0:s1] += ll_part
+                if stats_part is not None:
+                    st_np[s0:s1] += stats_part
+            return torch.from_numpy(ll_np), torch.from_numpy(st_np)
+        ll = torch.zeros(sw, dtype=torch.float64, device=self.device)
+        stats_t = torch.zeros(sw, width, self.k, dtype=torch.float64, device=self.device)
+        for (s0, s1, _, _), (ll_part, stats_part) in zip(tiles, parts, strict=True):
+            ll[s0:s1] += ll_part
+            if stats_part is not None:
+                stats_t[s0:s1] += stats_part
+        return ll, stats_t
 
     def _pass_tile(
         self,
@@ -298,6 +343,74 @@ class EStep:
                 r = torch.where(~upd[s0:s1].view(-1, 1, 1), tgt, r)
             tgt.copy_(r)
         return ll_part, stats_part
+
+    def _fused_arrays(
+        self,
+        coef: torch.Tensor,
+        const: torch.Tensor | None,
+        bound: torch.Tensor,
+        feat: torch.Tensor,
+        log_pi: torch.Tensor | None,
+        upd: torch.Tensor | None,
+        resp_out: torch.Tensor | None,
+    ) -> tuple[Any, ...]:
+        """The fused kernel and its arguments as NumPy views of the torch tensors."""
+        from napari_gmmseg.em import fused
+
+        sw = feat.shape[0]
+        dummy = np.zeros((1, 1, 1), dtype=np.float32)
+        for name, t in (("features", feat), ("log_pi", log_pi), ("resp_out", resp_out)):
+            if t is not None and not t.is_contiguous():
+                raise ValueError(f"the fused E-step needs contiguous {name}")  # a bug
+        fn = fused.kernel(self.k, self.m, self.covariance_type, log_pi is not None)
+        return (
+            fn,
+            feat.numpy(),
+            coef.contiguous().numpy(),
+            dummy if const is None else const.contiguous().numpy(),
+            bound.reshape(sw).contiguous().numpy(),
+            dummy if log_pi is None else log_pi.numpy(),
+            np.ones(sw, dtype=np.bool_) if upd is None else upd.cpu().numpy(),
+            dummy if resp_out is None else resp_out.numpy(),
+            log_pi is not None and upd is not None,
+            resp_out is not None,
+        )
+
+    @staticmethod
+    def _fused_tile(
+        tile: tuple[int, int, int, int],
+        fn: Any,
+        f: np.ndarray,
+        coef: np.ndarray,
+        const: np.ndarray,
+        bound: np.ndarray,
+        log_pi: np.ndarray,
+        upd: np.ndarray,
+        resp: np.ndarray,
+        write_log_r: bool,
+        write_resp: bool,
+        want_stats: bool,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """The fused kernel on one tile: float64 NLL per row and statistics ``(s, D, K)``."""
+        s0, s1, n0, n1 = tile
+        ll, st = fn(f, coef, const, bound, s0, s1, n0, n1, log_pi, upd, resp,
+                    want_stats, write_log_r, write_resp)  # fmt: skip
+        return ll, st if want_stats else None
+
+
+def _use_fused(kernel: str, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether tiles run the fused kernel (see :class:`EStep`)."""
+    from napari_gmmseg.em import fused
+    from napari_gmmseg.errors import ModelError
+    from napari_gmmseg.methods import ESTEP_KERNELS, check_choice
+
+    check_choice("estep_kernel", kernel, ESTEP_KERNELS)
+    applies = device.type == "cpu" and dtype == torch.float32
+    if kernel == "fused" and not (applies and fused.available()):
+        raise ModelError(
+            "estep_kernel='fused' needs numba (pip install numba), the CPU and float32"
+        )
+    return kernel == "fused" or (kernel == "auto" and applies and fused.available())
 
 
 _POOLS: dict[int, ThreadPoolExecutor] = {}
