@@ -326,7 +326,8 @@ def floor_ms(case: str, real: Path, repeats: int = 10, tile: int = 1 << 16) -> d
     """The E-step's arithmetic floor on ``case``: ms per pass of one ``exp`` per pixel and
     component plus one ``log`` per pixel, float32, nothing else (best of ``repeats``).
 
-    Two implementations, on 1 and 2 threads (tiles shared among the threads): torch's
+    Two implementations, on 1 and 2 threads (the tiles shared out, each thread on its own
+    buffers): torch's
     ``exp``/``log`` in place on a cache-resident tile of the torch E-step's size, and the
     fused kernel's own polynomial ``exp``/``log`` (:mod:`napari_gmmseg.em.fused`) in a
     compiled loop over blocks of its size. No E-step does less transcendental work; the
@@ -336,27 +337,35 @@ def floor_ms(case: str, real: Path, repeats: int = 10, tile: int = 1 << 16) -> d
 
     import torch
 
-    _, roi, _ = _cached(case, real)
-    n_pix = int(roi.sum())
-    gen = torch.Generator().manual_seed(0)
-    a, e = -10.0 * torch.rand(K, tile, generator=gen), torch.empty(K, tile)
-    s, t = torch.rand(1, tile, generator=gen) + 0.5, torch.empty(1, tile)
-    n_tiles = -(-n_pix // tile)
     from napari_gmmseg.em.fused import exp_log_loop
 
+    _, roi, _ = _cached(case, real)
+    n_pix = int(roi.sum())
+    n_tiles = -(-n_pix // tile)
     poly = exp_log_loop()
-    a_np, e_np, s_np, t_np = a.numpy().ravel(), e.numpy().ravel(), s.numpy()[0], t.numpy()[0]
 
-    def torch_tiles(count: int) -> None:
+    def buffers(seed: int) -> tuple[torch.Tensor, ...]:
+        """A thread's own tile: arguments and outputs of K exps and one log per pixel."""
+        gen = torch.Generator().manual_seed(seed)
+        a, e = -10.0 * torch.rand(K, tile, generator=gen), torch.empty(K, tile)
+        s, t = torch.rand(tile, generator=gen) + 0.5, torch.empty(tile)
+        return a, e, s, t
+
+    per_thread = [buffers(seed) for seed in range(2)]
+    per_thread_np = [tuple(b.numpy().ravel() for b in bufs) for bufs in per_thread]
+
+    def torch_tiles(count: int, j: int) -> None:
+        a, e, s, t = per_thread[j]
         for _ in range(count):
             torch.exp(a, out=e)
             torch.log(s, out=t)
 
-    def poly_tiles(count: int) -> None:
+    def poly_tiles(count: int, j: int) -> None:
+        a, e, s, t = per_thread_np[j]
         for _ in range(count):
-            poly(a_np, e_np, s_np, t_np)
+            poly(a, e, s, t)
 
-    poly_tiles(1)
+    poly_tiles(1, 0)
     out = {"case": case, "pixels": n_pix}
     torch.set_num_threads(1)
     for threads in (1, 2):
@@ -366,7 +375,7 @@ def floor_ms(case: str, real: Path, repeats: int = 10, tile: int = 1 << 16) -> d
             share = [n_tiles // threads + (i < n_tiles % threads) for i in range(threads)]
             for _ in range(repeats):
                 t0 = time.perf_counter()
-                for f in [pool.submit(fn, c) for c in share]:
+                for f in [pool.submit(fn, c, i) for i, c in enumerate(share)]:
                     f.result()
                 best = min(best, time.perf_counter() - t0)
             out[f"{name}_ms_{threads}_thread{'s' if threads > 1 else ''}"] = best * 1e3
