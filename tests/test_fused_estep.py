@@ -154,3 +154,30 @@ def test_polynomial_exp_and_log_are_float32_accurate():
     assert np.max(np.abs(lout - np.log(sv.astype(np.float64)))) < 3e-7
     exp_log(np.array([-200.0], np.float32), out[:1], sv[:1], lout[:1])
     assert out[0] == pytest.approx(np.exp(-87.0), rel=5e-7)  # clamped, not garbage bits
+
+
+def test_prefetch_loads_the_kernel_the_fit_then_uses(monkeypatch):
+    """segment() starts loading the kernel while it packs: the fit's E-step gets the same
+    compiled function (one load, under the lock), and a fit that will use the torch E-step
+    starts nothing."""
+    from types import SimpleNamespace
+
+    from napari_gmmseg.em import estep
+
+    thread = fused.prefetch(4, 3, "diag", False)
+    fn = fused.kernel(4, 3, "diag", False)  # waits for the prefetch if still loading
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert fused.kernel(4, 3, "diag", False) is fn
+    est = EStep(4, 3, "diag", torch.float32, torch.device("cpu"))
+    wk, w, mu, cov, _, _ = _problem("diag")
+    assert est._fused_arrays(*est.terms(w, mu, cov, True), wk["f"], None, None, None)[0] is fn
+    started = []
+    monkeypatch.setattr(fused, "prefetch", lambda *a: started.append(a))
+    cpu = torch.device("cpu")
+    opts = SimpleNamespace(dtype="float32", spatial="none", estep_kernel="auto")
+    estep.prefetch_fused(4, 3, "diag", opts, cpu, True)
+    for change in ({"spatial": "mrf"}, {"estep_kernel": "torch"}, {"dtype": "float64"}):
+        other = SimpleNamespace(**{**vars(opts), **change})
+        estep.prefetch_fused(4, 3, "diag", other, cpu, False)
+    assert started == [(4, 3, "diag", True)]

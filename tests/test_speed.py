@@ -235,6 +235,24 @@ def test_clip_bounds_are_the_reference_order_statistics():
         assert clipped.max(0).tolist() == bounds[1].tolist()
 
 
+def test_clip_statistics_of_a_first_pass_give_the_same_clip():
+    """segment() partitions the ROI once (the up-front extreme check) and the packing
+    reuses those statistics: the same values, bounds and counts as computing them again,
+    whatever the order of the voxels."""
+    from napari_gmmseg.preprocess import _clip_channels, clip_bounds
+
+    rng = np.random.default_rng(3)
+    raw = rng.gamma(2.0, 50.0, size=(20001, 3))
+    raw[::991, 2] = 1e30  # extreme voxels in one channel
+    _, _, stats = clip_bounds(raw[rng.permutation(raw.shape[0])], (0.5, 99.5))
+    again = _clip_channels(raw, (0.5, 99.5))
+    reused = _clip_channels(raw, (0.5, 99.5), stats)
+    for a, b in zip(again, reused, strict=True):
+        np.testing.assert_array_equal(a, b)
+    other = _clip_channels(raw, (1.0, 99.0), stats)  # other percentiles: not reused
+    np.testing.assert_array_equal(other[2], _clip_channels(raw, (1.0, 99.0))[2])
+
+
 def test_component_argmax_is_torch_argmax_with_ties():
     from napari_gmmseg.em.result import component_argmax
 

@@ -32,6 +32,7 @@ __all__ = [
     "CLIP_PERCENTILES",
     "EXTREME_FACTOR",
     "NORMALIZATIONS",
+    "ClipStatistics",
     "SliceBatch",
     "check_volume",
     "clip_bounds",
@@ -289,6 +290,7 @@ class SliceBatch:
         clip_percentiles: tuple[float, float] | None = CLIP_PERCENTILES,
         device: Any = "auto",
         validate: bool = True,
+        clip_statistics: ClipStatistics | None = None,
     ) -> SliceBatch:
         """Pack the ROI pixels of every non-empty slice of a volume.
 
@@ -301,15 +303,13 @@ class SliceBatch:
         channels : sequence of str, optional
             Channel names (default ``ch0, ch1, ...``).
         normalize : {"roi", "crop", "none"}, default "roi"
-            Per-slice, per-channel z-score over the ROI pixels (the paper), over the
-            crop box, or no normalisation. In whole-volume mode the statistics are over
-            the whole ROI (or all crops).
+            Per-slice, per-channel z-score over the ROI pixels (the paper), the crop box,
+            or none; in whole-volume mode over the whole ROI (or all crops).
         per_slice : bool, default True
             One batch row per slice; False packs the whole ROI volume into one row.
-        crop_margin : int, default 8
-            Pixels kept around the ROI bounding box in the crop view (at least 1).
-        crop_multiple : int, default 16
-            Crop height and width are rounded up to a multiple of this (U-Net friendly).
+        crop_margin, crop_multiple : int, default 8 and 16
+            Crop view: pixels kept around the ROI bounding box (at least 1); height and
+            width rounded up to a multiple of ``crop_multiple`` (U-Net friendly).
         crop_size : int or (int, int), optional
             Fixed crop size instead of the bounding box + margin.
         clip_percentiles : (float, float) or None, default :data:`CLIP_PERCENTILES`
@@ -318,10 +318,10 @@ class SliceBatch:
             voxels (:data:`EXTREME_FACTOR`) are also clipped in the values. None: raw values
             and statistics.
         device : str or torch.device, default "auto"
-            Where the tensors live.
         validate : bool, default True
-            Check the inputs with :func:`check_volume`; False when the caller
-            (:func:`~napari_gmmseg.segment.segment`) already did.
+            Check the inputs with :func:`check_volume` (False: the caller did).
+        clip_statistics : ClipStatistics, optional
+            Of exactly these ROI intensities, when the caller has them (:func:`clip_bounds`).
 
         Raises
         ------
@@ -346,11 +346,12 @@ class SliceBatch:
             raise RoiError("the region of interest is empty")
         zz, yy, xx = np.unravel_index(flat, roi.shape)
         raw = np.take(images.reshape(-1, n_ch), flat, axis=0).astype(np.float64)  # (P, C), 1 gather
-        raw, clipped, bounds, n_clipped, n_extreme = _clip_channels(raw, clip_percentiles)
+        raw, clipped, bounds, n_clipped, n_extreme = _clip_channels(
+            raw, clip_percentiles, clip_statistics
+        )
         crop_slices, first = np.unique(zz, return_index=True)
         counts = np.diff(np.append(first, zz.size))
         zs, srow = crop_slices.size, np.repeat(np.arange(crop_slices.size), counts)  # crop rows
-
         # Crop boxes: common (H, W), centred on each slice's ROI bounding box.
         y0, x0, height, width = _crop_boxes(
             yy, xx, first, (y_dim, x_dim), crop_margin, crop_multiple, crop_size
@@ -600,46 +601,74 @@ def _row_layout(
     return rows, crop_flat, shape, np.array([-1], dtype=np.int64), np.array([srow.size])
 
 
-def clip_bounds(raw: np.ndarray, percentiles: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
-    """The ``(2, C)`` clip bounds of ``(P, C)`` ROI intensities and the ``(P, C)`` extreme mask.
+@dataclass(frozen=True)
+class ClipStatistics:
+    """The order statistics of the robust clip of some ``(P, C)`` ROI intensities.
+
+    ``q05``/``q95`` ``(C,)`` set the extreme threshold; ``bounds`` ``(2, C)`` are the clip
+    ``percentiles`` of the voxels that are not extreme. Computed once per request
+    (:func:`clip_bounds`) and passed on, so the same ROI is not partitioned twice.
+    """
+
+    percentiles: tuple[float, float]
+    q05: np.ndarray
+    q95: np.ndarray
+    bounds: np.ndarray
+
+
+def clip_bounds(
+    raw: np.ndarray, percentiles: tuple[float, float], known: ClipStatistics | None = None
+) -> tuple[np.ndarray, np.ndarray, ClipStatistics]:
+    """The ``(2, C)`` clip bounds of ``(P, C)`` ROI intensities, the ``(P, C)`` extreme mask
+    and the statistics behind them.
 
     Extreme voxels lie more than :data:`EXTREME_FACTOR` times the 5-95 percentile spread
     outside it; the bounds are the ``percentiles`` of the other voxels, per channel.
+    ``known``: the statistics of these same intensities (in any order), from an earlier
+    call: only the mask is computed.
     """
     low, high = (float(v) for v in percentiles)
     if not 0.0 <= low < high <= 100.0:
         raise ModelError(f"clip_percentiles must satisfy 0 <= low < high <= 100, got {percentiles}")
+    if known is not None and known.percentiles == (low, high):
+        return known.bounds, _extreme_mask(raw, known.q05, known.q95), known
     # One partition per channel, on a contiguous column (2.5x faster than ``axis=0`` of
     # the (P, C) array, the same order statistics).
     columns = [np.ascontiguousarray(raw[:, c]) for c in range(raw.shape[1])]
     q = np.stack([np.percentile(col, [5.0, 95.0, low, high]) for col in columns], axis=1)
-    q1, q3 = q[0], q[1]  # (C,) each
-    spread = EXTREME_FACTOR * np.maximum(q3 - q1, 1e-12 * np.maximum(np.abs(q3), 1.0))
-    extreme = (raw < q1 - spread) | (raw > q3 + spread)  # (P, C)
+    extreme = _extreme_mask(raw, q[0], q[1])
     bounds = q[2:]  # (2, C)
     if extreme.any():  # the bounds leave the extreme voxels out
         bounds = np.stack(
             [np.percentile(col[~extreme[:, c]], [low, high]) for c, col in enumerate(columns)],
             axis=1,
         )
-    return bounds, extreme
+    return bounds, extreme, ClipStatistics((low, high), q[0], q[1], bounds)
+
+
+def _extreme_mask(raw: np.ndarray, q05: np.ndarray, q95: np.ndarray) -> np.ndarray:
+    """``(P, C)``: beyond :data:`EXTREME_FACTOR` times the ``(C,)`` 5-95 spread outside it."""
+    spread = EXTREME_FACTOR * np.maximum(q95 - q05, 1e-12 * np.maximum(np.abs(q95), 1.0))
+    return (raw < q05 - spread) | (raw > q95 + spread)
 
 
 def _clip_channels(
-    raw: np.ndarray, percentiles: tuple[float, float] | None
+    raw: np.ndarray,
+    percentiles: tuple[float, float] | None,
+    known: ClipStatistics | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
     """Clip ``(P, C)`` ROI intensities per channel to their percentiles: the ONE robust clip.
 
     Returns the ``(P, C)`` values to fit (extreme ones set to the bounds), the ``(P, C)``
     values clipped to the bounds (for the statistics), the ``(2, C)`` bounds (None when
     ``percentiles`` is None), and per channel the ``(C,)`` number of clipped and of
-    extreme voxels.
+    extreme voxels. ``known``: see :func:`clip_bounds`.
     """
     n_ch = raw.shape[1]
     if percentiles is None:
         zeros = np.zeros(n_ch, dtype=np.int64)
         return raw, raw, None, zeros, zeros.copy()
-    bounds, extreme = clip_bounds(raw, percentiles)
+    bounds, extreme, _ = clip_bounds(raw, percentiles, known)
     n_clipped = ((raw < bounds[0]) | (raw > bounds[1])).sum(0).astype(np.int64)
     clipped = np.clip(raw, bounds[0], bounds[1])
     values = np.where(extreme, clipped, raw) if extreme.any() else raw

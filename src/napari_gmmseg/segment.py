@@ -375,7 +375,9 @@ def _run_pipeline(
     images, clip = req.images, {"percentiles": None}
     if req.clip_percentiles is not None:
         pixels = images[req.roi].astype(np.float64)
-        values, _, bounds, n_clipped, n_extreme = _clip_channels(pixels, req.clip_percentiles)
+        values, _, bounds, n_clipped, n_extreme = _clip_channels(
+            pixels, req.clip_percentiles, req.clip_statistics
+        )
         if n_extreme.any():
             images = images.astype(np.float32, copy=True)
             images[req.roi] = values
@@ -432,6 +434,9 @@ class _Request:
     skipped: list[int]
     clip_percentiles: tuple[float, float] | None = None
     extreme: str = "refuse"
+    # of ``roi`` exactly, from the up-front check (None when it did not run or slices
+    # were removed since)
+    clip_statistics: Any = None
 
 
 def _check_request(
@@ -479,8 +484,9 @@ def _check_request(
     options = spec.make_options(given)
     rule = resolve_rule(presence)
     images, roi_mask, channels = check_volume(images, roi, channels)
+    clip_statistics = None
     if clip_percentiles is not None and extreme == "refuse":  # every method family, up front
-        _refuse_extreme(images[roi_mask], channels, clip_percentiles)
+        clip_statistics = _refuse_extreme(images[roi_mask], channels, clip_percentiles)
     z_dim = images.shape[0]
     counts = roi_mask.reshape(z_dim, -1).sum(1)
     total = int(counts.sum())
@@ -493,6 +499,7 @@ def _check_request(
             skipped = [int(z) for z in small]
             roi_mask = roi_mask.copy()
             roi_mask[small] = False
+            clip_statistics = None  # of the ROI before these slices were removed
     table = load_prior(prior)
     note = check_n_components(k, len(table.classes))
     if note is not None:
@@ -535,18 +542,21 @@ def _check_request(
         skipped,
         clip_percentiles,
         extreme,
+        clip_statistics,
     )
 
 
 def _refuse_extreme(
     pixels: np.ndarray, channels: tuple[str, ...], percentiles: tuple[float, float]
-) -> None:
-    """Raise :class:`ExtremeIntensityError` for extreme ``(P, C)`` ROI intensities."""
+) -> Any:
+    """Raise :class:`ExtremeIntensityError` for extreme ``(P, C)`` ROI intensities; else
+    return their :class:`~napari_gmmseg.preprocess.ClipStatistics` for the packing."""
     from types import SimpleNamespace
 
     from napari_gmmseg.preprocess import SliceBatch, clip_bounds
 
-    bounds, extreme = clip_bounds(pixels.astype(np.float64), percentiles)  # as the fit sees them
+    # as the fit sees them
+    bounds, extreme, stats = clip_bounds(pixels.astype(np.float64), percentiles)
     n_extreme = extreme.sum(0).astype(np.int64)
     view = SimpleNamespace(
         clip_bounds=bounds, n_extreme=n_extreme, clip_percentiles=percentiles, channels=channels
@@ -558,6 +568,7 @@ def _refuse_extreme(
             f"{message}; refused (pass extreme='clip', CLI --extreme clip, to clip them and go on)",
             names,
         )
+    return stats
 
 
 def _run_method(
@@ -617,6 +628,12 @@ def _fit_and_name(
     from napari_gmmseg.preprocess import SliceBatch
 
     method, k, channels, table = spec.name, req.k, req.channels, req.table
+    if spec.family == "em":  # numba's import and the kernel load, while the pixels pack
+        from napari_gmmseg.em.estep import prefetch_fused
+
+        prefetch_fused(
+            k, len(channels), req.covariance_type, req.options, req.device, method == "svgmm"
+        )
     batch = SliceBatch.from_volume(
         req.images,
         req.roi,
@@ -626,6 +643,7 @@ def _fit_and_name(
         clip_percentiles=req.clip_percentiles,
         device=req.device,
         validate=False,
+        clip_statistics=req.clip_statistics,
     )
     extreme = batch.extreme_message()
     if extreme is not None and req.extreme == "refuse":

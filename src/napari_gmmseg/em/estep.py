@@ -398,6 +398,21 @@ class EStep:
         return ll, st if want_stats else None
 
 
+def prefetch_fused(
+    k: int, m: int, covariance_type: str, options: Any, device: torch.device, svgmm: bool
+) -> None:
+    """Start loading the fused kernel a fit with these EM ``options`` will use (see
+    :func:`napari_gmmseg.em.fused.prefetch`); nothing when it will use the torch E-step
+    or the options are not the engine's (a registered method of its own)."""
+    from napari_gmmseg.em import fused
+
+    if not hasattr(options, "estep_kernel"):
+        return
+    dtype = getattr(torch, str(options.dtype).replace("torch.", ""))
+    if options.spatial != "mrf" and _use_fused(options.estep_kernel, dtype, device):
+        fused.prefetch(k, m, covariance_type, svgmm)
+
+
 def _use_fused(kernel: str, dtype: torch.dtype, device: torch.device) -> bool:
     """Whether tiles run the fused kernel (see :class:`EStep`)."""
     from napari_gmmseg.em import fused

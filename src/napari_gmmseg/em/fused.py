@@ -27,12 +27,15 @@ import os
 import re
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from functools import cache, lru_cache
 from pathlib import Path
 from types import ModuleType
 
-__all__ = ["BLOCK_PIXELS", "available", "exp_log_loop", "kernel", "kernel_dir"]
+import numpy as np
+
+__all__ = ["BLOCK_PIXELS", "available", "exp_log_loop", "kernel", "kernel_dir", "prefetch"]
 
 #: Pixels per block: the block's responsibilities ``(K, BLOCK_PIXELS)`` float32 stay in L1.
 BLOCK_PIXELS = 1024
@@ -336,9 +339,37 @@ def _write_module(source: str, name: str) -> Path:
     raise OSError("no writable folder for the fused E-step kernels")
 
 
-@cache
+_KERNEL_LOCK = threading.Lock()
+
+
 def kernel(k: int, m: int, covariance_type: str, svgmm: bool) -> Callable[..., tuple]:
-    """The compiled fused kernel (see :func:`kernel_source`); compiled or loaded once."""
+    """The compiled fused kernel (see :func:`kernel_source`); compiled or loaded once per
+    process (thread-safe: :func:`prefetch` may be loading it in the background)."""
+    with _KERNEL_LOCK:
+        return _kernel(k, m, covariance_type, svgmm)
+
+
+def prefetch(k: int, m: int, covariance_type: str, svgmm: bool) -> threading.Thread:
+    """Import numba and load (or compile) a kernel's machine code in a background thread,
+    while the caller packs the pixels: ~0.7 s of a fresh process's start-up (a first
+    compile, seconds) overlapped. A later :func:`kernel` call waits for it."""
+
+    def load() -> None:
+        fn = kernel(k, m, covariance_type, svgmm)
+        d_rows = m + (m if covariance_type == "diag" else m * (m + 1) // 2) + 1
+        f3 = np.zeros((1, d_rows, 1), dtype=np.float32)
+        none = np.zeros((1, 1, 1), dtype=np.float32)
+        # zero pixels, the argument types of EStep's calls: the specialisation is loaded
+        fn(f3, none, none, np.zeros(1, np.float32), 0, 0, 0, 0, none, np.ones(1, np.bool_),
+           none, True, False, False)  # fmt: skip
+
+    thread = threading.Thread(target=load, name="gmmseg-kernel-prefetch", daemon=True)
+    thread.start()
+    return thread
+
+
+@cache
+def _kernel(k: int, m: int, covariance_type: str, svgmm: bool) -> Callable[..., tuple]:
     source = kernel_source(k, m, covariance_type, svgmm)
     digest = hashlib.sha256(source.encode()).hexdigest()[:12]
     name = f"estep_{covariance_type}_k{k}_m{m}_{'sv' if svgmm else 'g'}_{digest}"
