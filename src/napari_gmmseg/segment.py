@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,6 +30,9 @@ from napari_gmmseg.methods import (
     get_method,
 )
 from napari_gmmseg.methods import METHODS as _REGISTRY
+
+if TYPE_CHECKING:
+    from napari_gmmseg.preprocess import ClipStatistics
 
 __all__ = [
     "DEEP_METHODS",
@@ -436,7 +439,7 @@ class _Request:
     extreme: str = "refuse"
     # of ``roi`` exactly, from the up-front check (None when it did not run or slices
     # were removed since)
-    clip_statistics: Any = None
+    clip_statistics: ClipStatistics | None = None
 
 
 def _check_request(
@@ -548,7 +551,7 @@ def _check_request(
 
 def _refuse_extreme(
     pixels: np.ndarray, channels: tuple[str, ...], percentiles: tuple[float, float]
-) -> Any:
+) -> ClipStatistics:
     """Raise :class:`ExtremeIntensityError` for extreme ``(P, C)`` ROI intensities; else
     return their :class:`~napari_gmmseg.preprocess.ClipStatistics` for the packing."""
     from types import SimpleNamespace

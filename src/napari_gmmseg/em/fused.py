@@ -257,7 +257,7 @@ def kernel_source(k: int, m: int, covariance_type: str, svgmm: bool) -> str:
     (rows with ``upd`` get ``r`` when ``write_resp``). It returns the tile's float64
     log-likelihood per row ``(s1 - s0,)`` and statistics ``(s1 - s0, D, K)``.
     """
-    d_rows = m + (m if covariance_type == "diag" else m * (m + 1) // 2) + 1
+    d_rows = _feature_rows(m, covariance_type)
     n_coef_rows = k if covariance_type == "diag" else k * m
     n_coef_cols = 2 * m + 1 if covariance_type == "diag" else m + 1
     coefs = [
@@ -299,6 +299,11 @@ def kernel_source(k: int, m: int, covariance_type: str, svgmm: bool) -> str:
         'error_model="numpy")',
     ]
     return _hoist_constants("\n".join(header + body) + "\n")
+
+
+def _feature_rows(m: int, covariance_type: str) -> int:
+    """``D``, the rows of :func:`napari_gmmseg.em.estep.features`: x, second moments, valid."""
+    return m + (m if covariance_type == "diag" else m * (m + 1) // 2) + 1
 
 
 def _hoist_constants(source: str) -> str:
@@ -356,8 +361,7 @@ def prefetch(k: int, m: int, covariance_type: str, svgmm: bool) -> threading.Thr
 
     def load() -> None:
         fn = kernel(k, m, covariance_type, svgmm)
-        d_rows = m + (m if covariance_type == "diag" else m * (m + 1) // 2) + 1
-        f3 = np.zeros((1, d_rows, 1), dtype=np.float32)
+        f3 = np.zeros((1, _feature_rows(m, covariance_type), 1), dtype=np.float32)
         none = np.zeros((1, 1, 1), dtype=np.float32)
         # zero pixels, the argument types of EStep's calls: the specialisation is loaded
         fn(f3, none, none, np.zeros(1, np.float32), 0, 0, 0, 0, none, np.ones(1, np.bool_),
