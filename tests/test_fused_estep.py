@@ -171,7 +171,15 @@ def test_prefetch_loads_the_kernel_the_fit_then_uses(monkeypatch):
     assert fused.kernel(4, 3, "diag", False) is fn
     est = EStep(4, 3, "diag", torch.float32, torch.device("cpu"))
     wk, w, mu, cov, _, _ = _problem("diag")
-    assert est._fused_arrays(*est.terms(w, mu, cov, True), wk["f"], None, None, None)[0] is fn
+    run_tile = est._fused_tiles(*est.terms(w, mu, cov, True), wk["f"], None, None, None, True)
+    captured = dict(
+        zip(
+            run_tile.__code__.co_freevars,
+            (c.cell_contents for c in run_tile.__closure__),
+            strict=True,
+        )
+    )
+    assert captured["fn"] is fn
     started = []
     monkeypatch.setattr(fused, "prefetch", lambda *a: started.append(a))
     cpu = torch.device("cpu")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -186,10 +187,11 @@ class EStep:
             for n0 in range(0, n, cols)
         ]
         args = (coef, const, bound, feat, log_pi, nb, upd, resp_out, want_stats)
-        fused_args = None
+        fused_tile = None
         if self.fused and nb is None:
-            fused_args = self._fused_arrays(coef, const, bound, feat, log_pi, upd, resp_out)
-            fused_args += (want_stats,)
+            fused_tile = self._fused_tiles(
+                coef, const, bound, feat, log_pi, upd, resp_out, want_stats
+            )
         parts: list[Any] = [None] * len(tiles)
 
         # Tiles are handed out one at a time (a worker on a slower core takes fewer);
@@ -200,14 +202,14 @@ class EStep:
             # The tile is exponentiated in place unless the log joint is read after the
             # pass (the SVGMM M-step for Pi, the Potts term): then into one buffer.
             buf = None
-            if fused_args is None and (upd is not None or nb is not None):
+            if fused_tile is None and (upd is not None or nb is not None):
                 size = min(sw, row_step) * self.k * cols  # the largest tile (one on CUDA)
                 buf = torch.empty(size, dtype=self.dtype, device=self.device)
             for i in next_tile:
                 if i >= len(tiles):
                     return
-                if fused_args is not None:
-                    parts[i] = self._fused_tile(tiles[i], *fused_args)
+                if fused_tile is not None:
+                    parts[i] = fused_tile(tiles[i])
                 else:
                     parts[i] = self._pass_tile(tiles[i], buf, *args)
 
@@ -215,13 +217,13 @@ class EStep:
         if workers > 1:
             # torch's intra-op threads off while the workers run torch ops (the fused
             # kernel runs none: switching them costs more than it saves)
-            with cpu_threads(1 if fused_args is None else None):
+            with cpu_threads(1 if fused_tile is None else None):
                 futures = [_pool(workers).submit(work) for _ in range(workers)]
                 for f in futures:
                     f.result()
         else:
             work()
-        ll, stats_t = self._sum_tiles(tiles, parts, sw, feat.shape[1], fused_args is not None)
+        ll, stats_t = self._sum_tiles(tiles, parts, sw, feat.shape[1], fused_tile is not None)
         m = self.m
         stats = stats_t.transpose(1, 2)
         nk = stats[:, :, -1]
@@ -243,18 +245,16 @@ class EStep:
         order: ``(S,)`` and ``(S, D, K)`` (NumPy sums for the fused kernel's NumPy parts:
         a tenth of the cost of a torch operation per tile)."""
         if as_numpy:
-            ll_np, st_np = np.zeros(sw), np.zeros((sw, width, self.k))
-            for (s0, s1, _, _), (ll_part, stats_part) in zip(tiles, parts, strict=True):
-                ll_np[s0:s1] += ll_part
-                if stats_part is not None:
-                    st_np[s0:s1] += stats_part
-            return torch.from_numpy(ll_np), torch.from_numpy(st_np)
-        ll = torch.zeros(sw, dtype=torch.float64, device=self.device)
-        stats_t = torch.zeros(sw, width, self.k, dtype=torch.float64, device=self.device)
+            ll, stats_t = np.zeros(sw), np.zeros((sw, width, self.k))
+        else:
+            ll = torch.zeros(sw, dtype=torch.float64, device=self.device)
+            stats_t = torch.zeros(sw, width, self.k, dtype=torch.float64, device=self.device)
         for (s0, s1, _, _), (ll_part, stats_part) in zip(tiles, parts, strict=True):
             ll[s0:s1] += ll_part
             if stats_part is not None:
                 stats_t[s0:s1] += stats_part
+        if as_numpy:
+            return torch.from_numpy(ll), torch.from_numpy(stats_t)
         return ll, stats_t
 
     def _pass_tile(
@@ -344,7 +344,7 @@ class EStep:
             tgt.copy_(r)
         return ll_part, stats_part
 
-    def _fused_arrays(
+    def _fused_tiles(
         self,
         coef: torch.Tensor,
         const: torch.Tensor | None,
@@ -353,8 +353,10 @@ class EStep:
         log_pi: torch.Tensor | None,
         upd: torch.Tensor | None,
         resp_out: torch.Tensor | None,
-    ) -> tuple[Any, ...]:
-        """The fused kernel and its arguments as NumPy views of the torch tensors."""
+        want_stats: bool,
+    ) -> Callable[[tuple[int, int, int, int]], tuple[np.ndarray, np.ndarray | None]]:
+        """The fused kernel on the pass's arrays (NumPy views of the tensors): a function of
+        a tile returning its float64 NLL per row and statistics ``(s, D, K)`` (or None)."""
         from napari_gmmseg.em import fused
 
         sw = feat.shape[0]
@@ -363,39 +365,22 @@ class EStep:
             if t is not None and not t.is_contiguous():
                 raise ValueError(f"the fused E-step needs contiguous {name}")  # a bug
         fn = fused.kernel(self.k, self.m, self.covariance_type, log_pi is not None)
-        return (
-            fn,
-            feat.numpy(),
-            coef.contiguous().numpy(),
-            dummy if const is None else const.contiguous().numpy(),
-            bound.reshape(sw).contiguous().numpy(),
-            dummy if log_pi is None else log_pi.numpy(),
-            np.ones(sw, dtype=np.bool_) if upd is None else upd.cpu().numpy(),
-            dummy if resp_out is None else resp_out.numpy(),
-            log_pi is not None and upd is not None,
-            resp_out is not None,
-        )
+        f = feat.numpy()
+        coef_np = coef.contiguous().numpy()
+        const_np = dummy if const is None else const.contiguous().numpy()
+        bound_np = bound.reshape(sw).contiguous().numpy()
+        log_pi_np = dummy if log_pi is None else log_pi.numpy()
+        upd_np = np.ones(sw, dtype=np.bool_) if upd is None else upd.cpu().numpy()
+        resp_np = dummy if resp_out is None else resp_out.numpy()
+        write_log_r, write_resp = log_pi is not None and upd is not None, resp_out is not None
 
-    @staticmethod
-    def _fused_tile(
-        tile: tuple[int, int, int, int],
-        fn: Any,
-        f: np.ndarray,
-        coef: np.ndarray,
-        const: np.ndarray,
-        bound: np.ndarray,
-        log_pi: np.ndarray,
-        upd: np.ndarray,
-        resp: np.ndarray,
-        write_log_r: bool,
-        write_resp: bool,
-        want_stats: bool,
-    ) -> tuple[np.ndarray, np.ndarray | None]:
-        """The fused kernel on one tile: float64 NLL per row and statistics ``(s, D, K)``."""
-        s0, s1, n0, n1 = tile
-        ll, st = fn(f, coef, const, bound, s0, s1, n0, n1, log_pi, upd, resp,
-                    want_stats, write_log_r, write_resp)  # fmt: skip
-        return ll, st if want_stats else None
+        def run_tile(tile: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray | None]:
+            s0, s1, n0, n1 = tile
+            ll, st = fn(f, coef_np, const_np, bound_np, s0, s1, n0, n1, log_pi_np, upd_np,
+                        resp_np, want_stats, write_log_r, write_resp)  # fmt: skip
+            return ll, st if want_stats else None
+
+        return run_tile
 
 
 def prefetch_fused(
