@@ -27,18 +27,21 @@ def test_the_shipped_statements_cover_the_default_for_both_kinds_of_roi():
     entries = {(s.method, s.roi): s for s in load_stated_accuracy()}
     for roi in ROI_SOURCES:
         s = entries[(DEFAULT_METHOD, roi)]
-        assert s.n_cases >= 10 and "leave-one-case-out" in s.protocol
+        assert s.n_cases == 25 and "5-fold by case" in s.protocol
         for ba in (s.scar_pct, s.edema_pct):
             assert ba.n == s.n_cases
             assert ba.loa_low < ba.bias < ba.loa_high
             assert 0 < ba.mae < 30 and ba.sd > 0
         assert 0 < s.scar_dice < 1 and 0 < s.lesion_dice < 1
-        assert "cv_quality.py" in s.command
+        assert "cv_tissue.py" in s.command
+        for q in ("scar_pct", "edema_pct", "scar_edema_pct"):
+            q_low, q_high = s.residual_quantiles[q]
+            assert q_low < 0 < q_high
     # the file is the one home of the numbers: the sentence quotes them
     s = entries[(DEFAULT_METHOD, "manual")]
     text = s.sentence()
     assert f"{s.scar_pct.mae:.1f}" in text and f"{s.edema_pct.loa_high:+.0f}" in text
-    assert "manual LV ROI" in text and "leave-one-case-out" in text
+    assert "manual LV ROI" in text and "5-fold by case" in text
     raw = json.loads(ACCURACY_PATH.read_text(encoding="utf-8"))
     assert len(raw["entries"]) == len(entries)  # one entry per (method, ROI)
 
@@ -50,10 +53,10 @@ def test_the_statement_applies_only_to_the_settings_it_was_measured_with():
     with_spacing = {**_DEFAULT_PARAMS, "method_options": {"spacing_mm": [8.0, 1.0, 1.0]}}
     assert stated_accuracy_for(with_spacing, "manual") is not None
     # an option spelled out at its default value is still the default
-    spelled = {**_DEFAULT_PARAMS, "method_options": {"smoothing_mm": 2.0}}
+    spelled = {**_DEFAULT_PARAMS, "method_options": {"adapt_iterations": 10}}
     assert stated_accuracy_for(spelled, "manual") is not None
     not_measured = [
-        ({**_DEFAULT_PARAMS, "method_options": {"smoothing_mm": 1.0}}, "manual"),
+        ({**_DEFAULT_PARAMS, "method_options": {"flips": False}}, "manual"),
         ({**_DEFAULT_PARAMS, "method_options": {"model": "mine.npz"}}, "manual"),
         ({**_DEFAULT_PARAMS, "presence": {"rule": "pv-contrast"}}, "manual"),
         ({**_DEFAULT_PARAMS, "channels": ["bSSFP", "LGE"]}, "manual"),
@@ -95,8 +98,13 @@ def test_burden_readout_gives_volumes_and_percent_of_lv_myocardium():
     text = burden_readout(labels, (10.0, 2.0, 2.0))  # 40 uL per voxel
     # myocardium 100 voxels = 4.0 mL; scar 0.8 mL = 20 %; edema 1.2 mL = 30 %
     assert text == (
-        "LV myocardium 4.0 mL; scar 0.8 mL (20.0 % of LV myocardium); edema 1.2 mL (30.0 %)"
+        "LV myocardium 4.0 mL; scar 0.8 mL (20.0 % of LV myocardium); edema 1.2 mL (30.0 %); "
+        "scar + edema 50.0 %"
     )
+    interval = {"scar_pct": [12.0, 27.0], "edema_pct": [20.0, 41.0]}
+    text = burden_readout(labels, (10.0, 2.0, 2.0), interval)
+    assert "scar 0.8 mL (20.0 %, 95 % interval 12-27 % of LV myocardium)" in text
+    assert "edema 1.2 mL (30.0 %, 95 % interval 20-41 %)" in text
     assert "no burden" in burden_readout(np.zeros((1, 4, 4), dtype=np.int32), (1, 1, 1))
 
 
@@ -112,10 +120,12 @@ def test_segment_cli_prints_the_burden_and_its_stated_error(real_data_dir, tmp_p
     printed = capsys.readouterr().out
     burden_line = next(line for line in printed.splitlines() if line.startswith("burden: "))
     assert "LV myocardium" in burden_line and "% of LV myocardium" in burden_line
+    assert "95 % interval" in burden_line
     stated = stated_accuracy_for(_DEFAULT_PARAMS, "manual")
     assert stated.sentence() in printed
     # another setting: the same read-out, and no error claimed for it
-    assert main([*args[:-1], str(tmp_path / "b.nii.gz"), "--smoothing-mm", "0"]) == 0
+    assert main([*args[:-1], str(tmp_path / "b.nii.gz"), "--adapt-iterations", "3"]) == 0
     printed = capsys.readouterr().out
     assert "burden: LV myocardium" in printed and "no burden error was measured" in printed
+    assert "95 % interval" not in printed
     assert stated.sentence() not in printed

@@ -127,12 +127,10 @@ def test_the_method_segments_a_held_out_phantom_case(cases, phantom_model, tmp_p
     np.testing.assert_array_equal(again.labels, fit.labels)
 
 
-def test_it_is_the_default_method(cases, phantom_model, tmp_path):
-    from napari_gmmseg.methods import DEFAULT_METHOD
-
-    assert DEFAULT_METHOD == "tissue-classifier"
+def test_it_is_reachable_by_name(cases, phantom_model, tmp_path):
+    """The previous default stays reachable, unchanged, as ``tissue-classifier``."""
     path = str(phantom_model.save(tmp_path / "m.npz"))
-    fit = segment_case(cases[2], model=path, roi="gt")
+    fit = segment_case(cases[2], method="tissue-classifier", model=path, roi="gt")
     assert fit.method == fit.params["method"] == "tissue-classifier"
     assert "ignored_arguments" not in fit.params
 
@@ -140,9 +138,10 @@ def test_it_is_the_default_method(cases, phantom_model, tmp_path):
 def test_engine_arguments_a_pipeline_ignores_are_warned(cases, phantom_model, tmp_path):
     """``max_iter``/``init`` mean nothing to the classifier: said, recorded, not silent."""
     path = str(phantom_model.save(tmp_path / "m.npz"))
-    plain = segment_case(cases[2], model=path, roi="gt")
+    kw = {"method": "tissue-classifier", "model": path, "roi": "gt"}
+    plain = segment_case(cases[2], **kw)
     with pytest.warns(UserWarning, match=r"ignores init='random', max_iter=5; its options"):
-        fit = segment_case(cases[2], model=path, roi="gt", init="random", max_iter=5)
+        fit = segment_case(cases[2], init="random", max_iter=5, **kw)
     assert fit.params["ignored_arguments"] == {"init": "random", "max_iter": 5}
     np.testing.assert_array_equal(fit.labels, plain.labels)
 

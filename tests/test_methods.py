@@ -25,8 +25,9 @@ from napari_gmmseg.methods import (
 
 def test_registry_lists_the_paper_methods_in_order_with_their_families():
     paper = ["gmm", "svgmm", "deepg", "deepsvg", "deepsvg-mu"]
-    assert list(METHODS) == [*paper, "wall-first", "gmm-prior", "tissue-classifier"]
-    families = ["em", "em", "deep", "deep", "deep", "pipeline", "pipeline", "pipeline"]
+    pipelines = ["wall-first", "gmm-prior", "tissue-classifier", "tissue-net"]
+    assert list(METHODS) == [*paper, *pipelines]
+    families = ["em", "em", "deep", "deep", "deep", "pipeline", "pipeline", "pipeline", "pipeline"]
     assert [s.family for s in METHODS.values()] == families
     assert get_method(" SVGMM ").label == "SVGMM"
     with pytest.raises(ModelError, match=r"unknown method 'gmn'; choose one of 'gmm', 'svgmm'"):

@@ -166,6 +166,7 @@ def test_deep_methods_dispatch_lazily(case, monkeypatch):
         "wall-first",
         "gmm-prior",
         "tissue-classifier",
+        "tissue-net",
     }
 
 

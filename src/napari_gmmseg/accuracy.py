@@ -23,6 +23,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,10 @@ __all__ = [
     "ROI_SOURCES",
     "StatedAccuracy",
     "accuracy_note",
+    "attach_interval",
+    "burden_interval",
     "burden_readout",
+    "interval_from_residuals",
     "load_stated_accuracy",
     "stated_accuracy_for",
 ]
@@ -73,6 +77,11 @@ class StatedAccuracy:
         Mean per-case scar Dice and scar ∪ edema Dice, labels as named (MyoPS 2020).
     command : str
         The command that measured it.
+    residual_quantiles : mapping, optional
+        ``{quantity: (q_low, q_high)}``: the 2.5 % and 97.5 % quantiles of the cross-validated
+        per-case residuals (prediction minus manual, points of % LV myocardium) of
+        ``scar_pct``, ``edema_pct`` and ``scar_edema_pct``, from which
+        :func:`burden_interval` makes a 95 % interval.
     """
 
     method: str
@@ -85,6 +94,7 @@ class StatedAccuracy:
     scar_dice: float
     lesion_dice: float
     command: str
+    residual_quantiles: Mapping[str, Sequence[float]] | None = None
 
     @classmethod
     def from_dict(cls, d: Mapping[str, object]) -> StatedAccuracy:
@@ -175,6 +185,83 @@ def accuracy_note(params: Mapping[str, object], roi: str | None) -> str:
     return NOT_MEASURED if accuracy is None else accuracy.sentence()
 
 
+#: Burden quantities that get an interval (keys of :func:`napari_gmmseg.metrics.burden`).
+INTERVAL_QUANTITIES = ("scar_pct", "edema_pct", "scar_edema_pct")
+
+
+def interval_from_residuals(
+    value: float, q_low: float, q_high: float, spread_sd: float = 0.0
+) -> tuple[float, float]:
+    """A 95 % interval for the true burden given a predicted ``value``.
+
+    The truth is ``value - residual``; with the residual between its cross-validated
+    2.5 % and 97.5 % quantiles ``q_low`` and ``q_high`` (split-conformal), the interval is
+    ``[value - q_high, value - q_low]``. ``spread_sd`` (the SD of the ensemble members'
+    burdens) widens its half-width in quadrature, ``sqrt(w^2 + (1.96 sd)^2)``. Clipped to
+    0-100 %.
+
+    Examples
+    --------
+    >>> interval_from_residuals(20.0, -5.0, 7.0)
+    (13.0, 25.0)
+    """
+    lo, hi = value - q_high, value - q_low
+    half = (hi - lo) / 2.0
+    extra = math.hypot(half, 1.96 * spread_sd) - half
+    return max(0.0, lo - extra), min(100.0, hi + extra)
+
+
+def burden_interval(
+    params: Mapping[str, object],
+    roi: str | None,
+    labels: np.ndarray,
+    spacing_mm: Sequence[float],
+) -> dict[str, list[float]] | None:
+    """95 % intervals of the burden of a fit, or None where no error was measured for it.
+
+    Parameters
+    ----------
+    params : mapping
+        ``Fit.params`` (the statement is looked up as in :func:`stated_accuracy_for`;
+        ``member_burden``, the ensemble members' burdens, widens the interval).
+    roi : str or None
+        A key of :data:`ROI_SOURCES`.
+    labels : numpy.ndarray
+        ``(Z, Y, X)`` MyoPS label map.
+    spacing_mm : sequence of float
+
+    Returns
+    -------
+    dict or None
+        ``{quantity: [low, high]}`` for :data:`INTERVAL_QUANTITIES` (% of LV myocardium).
+    """
+    from napari_gmmseg.metrics import burden
+
+    accuracy = stated_accuracy_for(params, roi)
+    if accuracy is None or not accuracy.residual_quantiles:
+        return None
+    b = burden(labels, spacing_mm)
+    members = list(params.get("member_burden") or [])  # type: ignore[call-overload]
+    out = {}
+    for q in INTERVAL_QUANTITIES:
+        if q not in accuracy.residual_quantiles or not math.isfinite(b[q]):
+            continue
+        sd = float(np.std([m[q] for m in members], ddof=1)) if len(members) > 1 else 0.0
+        q_low, q_high = accuracy.residual_quantiles[q]
+        out[q] = [round(v, 2) for v in interval_from_residuals(b[q], q_low, q_high, sd)]
+    return out or None
+
+
+def attach_interval(
+    fit: Any, roi: str | None, spacing_mm: Sequence[float]
+) -> dict[str, list[float]] | None:
+    """Set and return ``fit.params["burden_interval"]`` (:func:`burden_interval`; None when
+    no error was measured for the fit's settings)."""
+    interval = burden_interval(fit.params, roi, fit.labels, spacing_mm)
+    fit.params["burden_interval"] = interval
+    return interval
+
+
 def _segment_defaults() -> dict[str, object] | None:
     """The engine settings of :func:`napari_gmmseg.segment.segment` at their defaults (the
     one place they are written), as ``Fit.params`` records them; None when ``segment`` has
@@ -190,7 +277,11 @@ def _segment_defaults() -> dict[str, object] | None:
     return {name: sig[name].default for name in names}
 
 
-def burden_readout(labels: np.ndarray, spacing_mm: Sequence[float]) -> str:
+def burden_readout(
+    labels: np.ndarray,
+    spacing_mm: Sequence[float],
+    interval: Mapping[str, Sequence[float]] | None = None,
+) -> str:
     """The clinical read-out of a MyoPS label map in one line.
 
     Parameters
@@ -199,11 +290,13 @@ def burden_readout(labels: np.ndarray, spacing_mm: Sequence[float]) -> str:
         ``(Z, Y, X)`` MyoPS label map.
     spacing_mm : sequence of float
         ``(z, y, x)`` voxel size in mm.
+    interval : mapping, optional
+        ``Fit.params["burden_interval"]``: each burden's 95 % interval.
 
     Returns
     -------
     str
-        LV myocardium (mL), scar and edema (mL and % of LV myocardium).
+        LV myocardium (mL), scar and edema (mL and % of LV myocardium, with the interval).
     """
     from napari_gmmseg.metrics import burden
 
@@ -211,11 +304,15 @@ def burden_readout(labels: np.ndarray, spacing_mm: Sequence[float]) -> str:
     if not b["myocardium_ml"] > 0:
         return "no LV myocardium labelled: no burden"
 
-    def pct(v: float) -> str:
-        return "n/a" if not math.isfinite(v) else f"{v:.1f} %"
+    def pct(key: str) -> str:
+        v = b[key]
+        if not math.isfinite(v):
+            return "n/a"
+        ci = (interval or {}).get(key)
+        return f"{v:.1f} %" + (f", 95 % interval {ci[0]:.0f}-{ci[1]:.0f} %" if ci else "")
 
     return (
         f"LV myocardium {b['myocardium_ml']:.1f} mL; scar {b['scar_ml']:.1f} mL "
-        f"({pct(b['scar_pct'])} of LV myocardium); edema {b['edema_ml']:.1f} mL "
-        f"({pct(b['edema_pct'])})"
+        f"({pct('scar_pct')} of LV myocardium); edema {b['edema_ml']:.1f} mL "
+        f"({pct('edema_pct')}); scar + edema {pct('scar_edema_pct')}"
     )

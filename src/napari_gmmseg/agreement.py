@@ -30,8 +30,10 @@ __all__ = [
     "LEVELS",
     "QUANTITIES",
     "BlandAltman",
+    "Concordance",
     "agreement_summary",
     "bland_altman",
+    "concordance",
     "burden_agreement",
     "burden_pairs",
     "plot_bland_altman",
@@ -110,6 +112,69 @@ def bland_altman(pred: Sequence[float], ref: Sequence[float]) -> BlandAltman:
     bias = float(d.mean())
     sd = float(d.std(ddof=1)) if n > 1 else 0.0
     return BlandAltman(n, bias, sd, bias - 1.96 * sd, bias + 1.96 * sd, float(np.abs(d).mean()))
+
+
+@dataclass(frozen=True)
+class Concordance:
+    """How well paired measurements follow the reference (beyond bias and spread).
+
+    Attributes
+    ----------
+    n : int
+        Number of finite pairs used.
+    ccc : float
+        Lin's concordance correlation coefficient,
+        ``2 cov(p, r) / (var p + var r + (mean p - mean r)^2)`` (population moments): 1 only
+        when every pair lies on the identity line.
+    pearson : float
+        Pearson correlation.
+    slope, intercept : float
+        Least-squares line of the method on the reference (``pred = intercept + slope ref``):
+        a slope under 1 means the method compresses the range (small burdens read too high,
+        large ones too low).
+    """
+
+    n: int
+    ccc: float
+    pearson: float
+    slope: float
+    intercept: float
+
+    def to_dict(self) -> dict[str, float]:
+        """Plain dict (JSON-serialisable; NaN when undefined)."""
+        return asdict(self)
+
+
+def concordance(pred: Sequence[float], ref: Sequence[float]) -> Concordance:
+    """Lin's CCC, Pearson's r and the regression line of ``pred`` on ``ref``.
+
+    Pairs where either value is NaN are dropped; with fewer than two pairs, or a constant
+    reference, the undefined figures are NaN.
+
+    Examples
+    --------
+    >>> round(concordance([1, 2, 3], [1, 2, 3]).ccc, 6)
+    1.0
+    >>> round(concordance([2, 2, 2], [1, 2, 3]).ccc, 6)
+    0.0
+    """
+    p = np.asarray(pred, dtype=np.float64).ravel()
+    r = np.asarray(ref, dtype=np.float64).ravel()
+    if p.shape != r.shape:
+        raise ValueError(f"concordance: {p.size} method values but {r.size} reference values")
+    ok = np.isfinite(p) & np.isfinite(r)
+    p, r = p[ok], r[ok]
+    n, nan = int(p.size), float("nan")
+    if n < 2:
+        return Concordance(n, nan, nan, nan, nan)
+    cov = float(((p - p.mean()) * (r - r.mean())).mean())
+    vp, vr = float(p.var()), float(r.var())
+    denom = vp + vr + float(p.mean() - r.mean()) ** 2
+    ccc = 2 * cov / denom if denom > 0 else nan
+    pearson = cov / math.sqrt(vp * vr) if vp > 0 and vr > 0 else nan
+    slope = cov / vr if vr > 0 else nan
+    intercept = float(p.mean() - slope * r.mean()) if vr > 0 else nan
+    return Concordance(n, ccc, pearson, slope, intercept)
 
 
 def burden_pairs(
@@ -193,11 +258,9 @@ def burden_agreement(
 LEVELS: dict[str, str] = {"case": "volume", "slice": "slice"}
 
 
-def _plain(ba: BlandAltman) -> dict[str, float | None]:
-    """``BlandAltman.to_dict`` with NaN as None (JSON null)."""
-    return {
-        k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in ba.to_dict().items()
-    }
+def _plain_dict(stats: Mapping[str, float]) -> dict[str, float | None]:
+    """``stats`` with NaN as None (JSON null)."""
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in stats.items()}
 
 
 def agreement_summary(
@@ -216,16 +279,20 @@ def agreement_summary(
     -------
     dict
         ``method -> level ("case" | "slice") -> flavour ("named" | "matched") ->
-        quantity -> {n, bias, sd, loa_low, loa_high, mae}`` (NaN as None).
+        quantity -> {n, bias, sd, loa_low, loa_high, mae, ccc, slope}`` (NaN as None; Lin's
+        CCC and the slope of the method on the reference, :func:`concordance`).
     """
     rows = list(rows)
     out: dict[str, dict[str, dict[str, dict[str, dict[str, float | None]]]]] = {}
     for level, row_level in LEVELS.items():
         for flavour in FLAVOURS:
-            stats = burden_agreement(rows, quantities, level=row_level, flavour=flavour)
-            for method, per_q in stats.items():
-                dest = out.setdefault(method, {}).setdefault(level, {})
-                dest[flavour] = {q: _plain(ba) for q, ba in per_q.items()}
+            for q in quantities:
+                pairs = burden_pairs(rows, q, level=row_level, flavour=flavour)
+                for method, (p, r) in pairs.items():
+                    dest = out.setdefault(method, {}).setdefault(level, {})
+                    conc = concordance(p, r)
+                    stats = {**bland_altman(p, r).to_dict(), "ccc": conc.ccc, "slope": conc.slope}
+                    dest.setdefault(flavour, {})[q] = _plain_dict(stats)
     return out
 
 
@@ -360,4 +427,4 @@ def write_bland_altman(
         overwrite=overwrite,
     )
     stats = burden_agreement(rows, quantities, level=level)
-    return {m: {q: _plain(s) for q, s in d.items()} for m, d in stats.items()}
+    return {m: {q: _plain_dict(s.to_dict()) for q, s in d.items()} for m, d in stats.items()}

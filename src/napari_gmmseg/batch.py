@@ -908,12 +908,12 @@ def _agreement_lines(aggregates: Mapping[str, Any], methods: Sequence[str], w: i
     """Burden MAE, bias and 95 % limits of agreement per case and per slice, named and matched."""
     lines = [
         "Burden agreement with ground truth, points of % LV myocardium: MAE, bias = mean(pred - GT), "
-        "95 % limits of agreement = bias ± 1.96 SD",
+        "95 % limits of agreement = bias ± 1.96 SD, Lin's CCC, slope of pred on GT",
         f"{'method':<{w}}{'labels':>8}{'level':>7}{'n':>5}"
         + "".join(
             f"{h:>{cw}}"
             for q in ("scar", "edema")
-            for h, cw in ((f"{q} MAE", 11), ("bias", 8), ("LoA", 18))
+            for h, cw in ((f"{q} MAE", 11), ("bias", 8), ("LoA", 18), ("CCC", 7), ("slope", 7))
         ),
     ]
     found = False
@@ -935,6 +935,10 @@ def _agreement_lines(aggregates: Mapping[str, Any], methods: Sequence[str], w: i
                     )
                     bias = "-" if e.get("bias") is None else f"{e['bias']:+.1f}"
                     cells += f"{_num(e.get('mae')):>11}{bias:>8}{loa:>18}"
+                    cells += "".join(
+                        f"{'-' if e.get(k) is None else format(e[k], '.2f'):>7}"
+                        for k in ("ccc", "slope")
+                    )
                 n = (stats.get("scar_pct") or {}).get("n", 0)
                 lines.append(f"{m:<{w}}{flavour:>8}{level:>7}{n:>5}{cells}")
     return [*lines, ""] if found else []

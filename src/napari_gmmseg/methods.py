@@ -326,7 +326,7 @@ def _pipeline_options(name: str, module: str = "napari_gmmseg.wallfirst") -> typ
 #: What :func:`~napari_gmmseg.segment.segment`, ``segment``/``evaluate`` without
 #: ``--method``, the Segment dock and ``make demo`` use: the best method by the as-named
 #: metrics, cross-validated leave-one-case-out on myops_dev (README, docs/quality.md).
-DEFAULT_METHOD = "tissue-classifier"
+DEFAULT_METHOD = "tissue-net"
 
 
 #: Every method, in the paper's order, then the pipelines with a learned prior.
@@ -395,12 +395,22 @@ METHODS: dict[str, MethodSpec] = {
         ),
         MethodSpec(
             "tissue-classifier",
-            "learned tissue classifier (default)",
+            "learned tissue classifier (pixel MLP)",
             "pipeline",
             _pipeline_options("ClassifierOptions", "napari_gmmseg.classifier.pipeline"),
             "napari_gmmseg.classifier.pipeline:fit_pipeline",
             "supervised pixel MLP (intensity, local context, depth in the ROI; shipped: learned "
-            "on myops_dev) as the mixing weights Pi of a per-slice SVGMM fitted by EM; the default",
+            "on myops_dev) as the mixing weights Pi of a per-slice SVGMM fitted by EM",
+        ),
+        MethodSpec(
+            "tissue-net",
+            "tissue network (default)",
+            "pipeline",
+            _pipeline_options("TissueNetOptions", "napari_gmmseg.tissuenet.pipeline"),
+            "napari_gmmseg.tissuenet.pipeline:fit_pipeline",
+            "supervised U-Net ensemble on LV-centred crops of bSSFP, LGE, T2 and the ROI "
+            "(shipped: the 5 fold models of myops_dev) as the mixing weights Pi of a per-slice "
+            "SVGMM fitted by EM; the default",
         ),
     )
 }

@@ -805,4 +805,8 @@ def segment_case(
         fit.params["roi_qc"] = qc
     if isinstance(roi, str) or roi is not None:
         fit.params["roi_labels"] = [int(v) for v in roi_labels]
+    from napari_gmmseg.accuracy import attach_interval
+
+    source = None if roi is None else "auto" if isinstance(roi, str) and roi == "auto" else "manual"
+    attach_interval(fit, source, case.spacing_mm)
     return fit

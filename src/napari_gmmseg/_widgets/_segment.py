@@ -758,11 +758,12 @@ class SegmentWidget(QWidget):
         self.burden.setText("")
 
     def _show_burden(self, fit: Fit, labels: np.ndarray, spacing, roi_source) -> None:
-        from napari_gmmseg.accuracy import accuracy_note, burden_readout
+        from napari_gmmseg.accuracy import accuracy_note, burden_interval, burden_readout
 
         note = accuracy_note(fit.params, roi_source)
+        interval = burden_interval(fit.params, roi_source, labels, spacing)
         prefix = "Partial (cancelled): " if fit.cancelled else ""
-        self.burden.setText(f"{prefix}{burden_readout(labels, spacing)}.\n{note}")
+        self.burden.setText(f"{prefix}{burden_readout(labels, spacing, interval)}.\n{note}")
 
     def _show_table(self, features) -> None:
         self.table.setRowCount(len(features))

@@ -26,6 +26,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "mu_data",
     "prior",
     "classifier",
+    "tissue_net",
 )
 
 

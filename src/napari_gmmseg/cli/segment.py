@@ -181,10 +181,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _burden_lines(fit, spacing_mm, roi_source: str | None) -> str:
     """The clinical read-out of the labels and the error stated for it (or that none is)."""
-    from napari_gmmseg.accuracy import accuracy_note, burden_readout
+    from napari_gmmseg.accuracy import accuracy_note, attach_interval, burden_readout
 
     note = accuracy_note(fit.params, roi_source)
-    return f"burden: {burden_readout(fit.labels, spacing_mm)}\n  {note}"
+    interval = attach_interval(fit, roi_source, spacing_mm)
+    return f"burden: {burden_readout(fit.labels, spacing_mm, interval)}\n  {note}"
 
 
 def _segment(segment, case, roi, args, presence, report, options):
