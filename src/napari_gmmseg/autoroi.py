@@ -585,9 +585,10 @@ def case_roi(case, folder: str | Path, *, force: bool = False) -> np.ndarray:
     info["skipped_slices"] = [q.slice for q in qc if not q.ok]
     if case.labels is not None:
         info["dice"] = roi_dice(labels, case.labels)
-    tmp = folder / f".{case.case_id}.json.tmp"
+    final = folder / f"{case.case_id}.json"  # a qualified id "site/3027" is a sub-folder
+    tmp = final.with_name(f".{final.name}.tmp")
     tmp.write_text(json.dumps(info, indent=1), encoding="utf-8")
-    tmp.replace(folder / f"{case.case_id}.json")
+    tmp.replace(final)
     if not roi.any():
         raise RoiError(f"case {case.case_id}: the automatic ROI fails QC on every slice")
     return roi
