@@ -420,7 +420,12 @@ def _read_nifti(path: Path, frame: int | None) -> tuple[np.ndarray, Geometry]:
     if hdr.get_data_shape() != arr.shape:
         # make the stored header describe the 3-D volume we hand out
         hdr.set_data_shape(arr.shape)
-    pixdim = np.asarray(hdr["pixdim"][1:4], dtype=float)
+    try:  # nibabel silently sets a zero pixdim to 1 on load: read the stored one
+        with nib.openers.ImageOpener(str(path)) as fh:
+            stored = type(img.header).from_fileobj(fh, check=False)
+        pixdim = np.asarray(stored["pixdim"][1:4], dtype=float)
+    except Exception:  # pragma: no cover - the image itself was readable
+        pixdim = np.asarray(hdr["pixdim"][1:4], dtype=float)
     if not np.all(np.isfinite(pixdim)) or np.any(pixdim == 0):
         raise CaseLoadError(
             f"{path}: voxel size (pixdim) {tuple(float(v) for v in pixdim)} is zero or not a "
