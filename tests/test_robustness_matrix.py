@@ -207,6 +207,7 @@ def test_row04_same_id_twice_links_and_odd_names(tmp_path):
         io.discover_cases(root)
 
 
+@pytest.mark.slow
 def test_row04_qualified_ids_are_evaluated(tmp_path):
     root = tmp_path / "ds"
     _flat(root / "siteA", "7")
