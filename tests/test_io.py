@@ -197,6 +197,8 @@ def test_dicom_series_folder(tmp_path):
     for tag in ("C0", "DE"):
         series = case_dir / tag
         series.mkdir(parents=True)
+        img = sitk.GetImageFromArray(vol + (tag == "DE"))  # two sequences, not one image twice
+        img.SetSpacing((1.5, 1.5, 8.0))
         uid = f"1.2.826.0.1.3680043.2.1125.{1 if tag == 'C0' else 2}"
         writer = sitk.ImageFileWriter()
         writer.KeepOriginalImageUIDOn()
@@ -242,7 +244,10 @@ def test_non_overlapping_sequence_refused(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(GeometryError, match=r"pat7_T2\.nii\.gz.*does not overlap"):
-            io.load_case(p["C0"])
+            io.load_case(p["C0"], allow_resample=True)
+    # without allow_resample the 1.7 m shift is a mixed study, refused naming both files
+    with pytest.raises(GeometryError, match=r"pat7_T2\.nii\.gz.*pat7_C0\.nii\.gz.*one study"):
+        io.load_case(p["C0"])
 
 
 # --------------------------------------------------------------------------- bad input

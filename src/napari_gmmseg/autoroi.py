@@ -52,8 +52,13 @@ MIN_LV_AREA_MM2 = 100.0  # smaller than a 11 mm disc: no LV found
 MIN_RING_CLOSED = 0.85  # fraction of the blood pool's rim that must be myocardium
 MIN_POOL_FOR_RING_MM2 = 50.0  # below this blood-pool area (apex) the ring is not checked
 MAX_AREA_JUMP = 2.5  # LV area ratio to every neighbouring slice that flags a jump
+#: Not a heart (docs/robustness.md; real cases: 0.94-0.98, 1,490-5,770 mm², RV on every
+#: slice of myops_real, myops_dev and myops_unlabelled):
+MIN_CONFIDENCE = 0.80  # mean network probability of LV (blood pool + myocardium) in its LV
+MAX_LV_AREA_MM2 = 12000.0  # a 124 mm disc: larger than any LV
+MIN_RV_FRACTION = 0.5  # of the slices with an LV that must show an RV, else no slice passes
 #: Flags that make a slice fail QC (skipped); the others only warn.
-FAILING_FLAGS = ("no_lv", "ring_open", "area_jump")
+FAILING_FLAGS = ("no_lv", "ring_open", "area_jump", "low_confidence", "lv_too_large", "no_rv")
 
 
 @dataclass
@@ -70,9 +75,13 @@ class SliceQC:
         Fraction of the blood pool's rim that touches myocardium (1 = closed ring;
         NaN when the blood pool is too small to judge).
     flags : tuple of str
-        Any of ``no_lv``, ``ring_open``, ``area_jump``, ``rv_missing``.
+        Any of ``no_lv``, ``ring_open``, ``area_jump``, ``low_confidence``,
+        ``lv_too_large``, ``no_rv`` (the volume shows an RV on too few slices: not a
+        cardiac short axis), ``rv_missing``.
     reason : str
         Plain-language explanation ("" when the slice is fine).
+    confidence : float
+        Mean network probability of LV inside its LV (NaN: no LV, or no network).
     """
 
     slice: int
@@ -80,6 +89,7 @@ class SliceQC:
     ring_closed: float
     flags: tuple[str, ...] = ()
     reason: str = ""
+    confidence: float = float("nan")
 
     @property
     def ok(self) -> bool:
@@ -95,6 +105,7 @@ class SliceQC:
             "ok": self.ok,
             "flags": ";".join(self.flags),
             "reason": self.reason,
+            "confidence": round(self.confidence, 3),
         }
 
 
@@ -280,13 +291,18 @@ def clean_labels(
     return out
 
 
-def slice_qc(labels: np.ndarray, spacing_mm: Sequence[float]) -> list[SliceQC]:
+def slice_qc(
+    labels: np.ndarray, spacing_mm: Sequence[float], confidence: np.ndarray | None = None
+) -> list[SliceQC]:
     """QC of a MyoPS-valued LV / RV label map, one :class:`SliceQC` per slice.
 
     Flags: ``no_lv`` (LV area below :data:`MIN_LV_AREA_MM2`), ``ring_open`` (less than
     :data:`MIN_RING_CLOSED` of the blood pool's rim is myocardium), ``area_jump`` (the
     LV area differs by more than :data:`MAX_AREA_JUMP` x from every neighbouring
-    slice that has an LV), ``rv_missing`` (no RV blood pool; warns only).
+    slice that has an LV), ``lv_too_large`` (above :data:`MAX_LV_AREA_MM2`),
+    ``low_confidence`` (network below :data:`MIN_CONFIDENCE`), ``no_rv`` (an RV on
+    fewer than :data:`MIN_RV_FRACTION` of the slices with an LV: not a cardiac short
+    axis, every slice fails), ``rv_missing`` (no RV blood pool on this slice; warns only).
 
     Parameters
     ----------
@@ -294,6 +310,9 @@ def slice_qc(labels: np.ndarray, spacing_mm: Sequence[float]) -> list[SliceQC]:
         ``(Z, Y, X)`` MyoPS values (500, 200, 600; others ignored).
     spacing_mm : sequence of float
         ``(z, y, x)`` voxel size.
+    confidence : numpy.ndarray, optional
+        ``(Z,)`` mean network LV probability per slice (NaN where no LV); None for a
+        label map without a network (edited by hand): not checked.
 
     Returns
     -------
@@ -323,9 +342,23 @@ def slice_qc(labels: np.ndarray, spacing_mm: Sequence[float]) -> list[SliceQC]:
     far = (ratio > MAX_AREA_JUMP) | (ratio < 1.0 / MAX_AREA_JUMP)
     known = np.isfinite(ratio)
     jump = found & known.any(1) & np.all(far | ~known, axis=1)
+    conf = np.full(len(lv), np.nan) if confidence is None else np.asarray(confidence, float)
+    rv_fraction = float(has_rv[found].mean()) if found.any() else 1.0
     out = []
     for z in range(len(lv)):
         flags, why = [], []
+        if found[z] and area[z] > MAX_LV_AREA_MM2:
+            flags.append("lv_too_large")
+            why.append(f"LV area {area[z]:.0f} mm² > {MAX_LV_AREA_MM2:.0f} mm²: not an LV")
+        if found[z] and conf[z] < MIN_CONFIDENCE:
+            flags.append("low_confidence")
+            why.append(f"network confidence {conf[z]:.2f} < {MIN_CONFIDENCE:.2f}")
+        if found[z] and rv_fraction < MIN_RV_FRACTION:
+            flags.append("no_rv")
+            why.append(
+                f"an RV on {rv_fraction:.0%} of the slices with an LV (needs "
+                f"{MIN_RV_FRACTION:.0%}): not a cardiac short-axis volume"
+            )
         if not found[z]:
             flags.append("no_lv")
             why.append(f"no LV found (ROI area {area[z]:.0f} mm² < {MIN_LV_AREA_MM2:.0f} mm²)")
@@ -344,11 +377,17 @@ def slice_qc(labels: np.ndarray, spacing_mm: Sequence[float]) -> list[SliceQC]:
         if not has_rv[z]:
             flags.append("rv_missing")
             why.append("no RV found (warning only)")
-        out.append(SliceQC(z, float(area[z]), float(closed[z]), tuple(flags), "; ".join(why)))
+        out.append(
+            SliceQC(
+                z, float(area[z]), float(closed[z]), tuple(flags), "; ".join(why), float(conf[z])
+            )
+        )
     return out
 
 
-def qc_roi(labels: np.ndarray, spacing_mm: Sequence[float]) -> tuple[np.ndarray, list[SliceQC]]:
+def qc_roi(
+    labels: np.ndarray, spacing_mm: Sequence[float], confidence: np.ndarray | None = None
+) -> tuple[np.ndarray, list[SliceQC]]:
     """The LV ROI of a (possibly user-edited) label map, on slices passing QC only.
 
     Returns
@@ -358,7 +397,7 @@ def qc_roi(labels: np.ndarray, spacing_mm: Sequence[float]) -> tuple[np.ndarray,
     qc : list of SliceQC
     """
     labels = np.asarray(labels)
-    qc = slice_qc(labels, spacing_mm)
+    qc = slice_qc(labels, spacing_mm, confidence)
     ok = np.array([q.ok for q in qc], dtype=bool)
     roi = np.isin(labels, (BLOOD.value, MYOCARDIUM.value)) & ok[:, None, None]
     return roi, qc
@@ -408,17 +447,23 @@ def find_roi(
             f"the automatic ROI reads the {channel} (cine) image, but the case has only {channels}"
         )
     prob = predict_probabilities(images[..., channels.index(channel)])
-    labels, roi, qc = roi_from_network(prob.argmax(1), spacing_mm, grow_mm=grow_mm)
+    labels, roi, qc = roi_from_network(prob.argmax(1), spacing_mm, grow_mm=grow_mm, prob=prob)
     return AutoRoi(labels=labels, roi=roi, qc=qc, seconds=time.perf_counter() - t0)
 
 
 def roi_from_network(
-    net_labels: np.ndarray, spacing_mm: Sequence[float], *, grow_mm: float = GROW_MM
+    net_labels: np.ndarray,
+    spacing_mm: Sequence[float],
+    *,
+    grow_mm: float = GROW_MM,
+    prob: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, list[SliceQC]]:
     """Cleaned label map, ROI and QC from the network's classes.
 
     QC is judged on the network's own outline (before the growth, which would close
     small gaps in an open ring); the ROI is the grown LV on the passing slices.
+    ``prob`` (``(Z, 4, Y, X)``, :func:`predict_probabilities`) adds the network's
+    confidence to the QC.
 
     Returns
     -------
@@ -429,7 +474,15 @@ def roi_from_network(
     qc : list of SliceQC
         Areas are those of the grown ROI.
     """
-    _, qc = qc_roi(clean_labels(net_labels, spacing_mm, grow_mm=0.0), spacing_mm)
+    net = clean_labels(net_labels, spacing_mm, grow_mm=0.0)
+    confidence = None
+    if prob is not None:
+        lv = np.isin(net, (BLOOD.value, MYOCARDIUM.value))
+        p_lv = np.asarray(prob)[:, 2] + np.asarray(prob)[:, 3]
+        n = lv.reshape(len(lv), -1).sum(1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            confidence = np.where(n > 0, (p_lv * lv).reshape(len(lv), -1).sum(1) / n, np.nan)
+    _, qc = qc_roi(net, spacing_mm, confidence)
     labels = clean_labels(net_labels, spacing_mm, grow_mm=grow_mm)
     ok = np.array([q.ok for q in qc], dtype=bool)
     roi = np.isin(labels, (BLOOD.value, MYOCARDIUM.value)) & ok[:, None, None]
@@ -532,9 +585,10 @@ def case_roi(case, folder: str | Path, *, force: bool = False) -> np.ndarray:
     info["skipped_slices"] = [q.slice for q in qc if not q.ok]
     if case.labels is not None:
         info["dice"] = roi_dice(labels, case.labels)
-    tmp = folder / f".{case.case_id}.json.tmp"
+    final = folder / f"{case.case_id}.json"  # a qualified id "site/3027" is a sub-folder
+    tmp = final.with_name(f".{final.name}.tmp")
     tmp.write_text(json.dumps(info, indent=1), encoding="utf-8")
-    tmp.replace(folder / f"{case.case_id}.json")
+    tmp.replace(final)
     if not roi.any():
         raise RoiError(f"case {case.case_id}: the automatic ROI fails QC on every slice")
     return roi

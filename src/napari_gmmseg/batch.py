@@ -204,11 +204,9 @@ def _resolve_roi(
                 f"case {case.case_id}: ROI {path} is on grid {geometry} but the case is on "
                 f"{case.geometry}"
             )
-        arr = np.asarray(arr)
-        if np.isin(arr, np.asarray(LV_ROI_VALUES)).any():  # a label map: its LV, nothing unknown
-            mask = io.roi_from_mask(arr, LV_ROI_VALUES, name=str(path))
-        else:
-            mask = arr != 0
+        # the same rule as `segment --roi`: a binary mask, or a label map's LV (an RV-only
+        # or foreign-labelled mask is refused, never used as the ROI)
+        mask = io.roi_from_mask(np.asarray(arr), LV_ROI_VALUES, name=str(path))
     if not mask.any():
         raise RoiError(f"case {case.case_id}: the ROI is empty")
     return mask
@@ -280,6 +278,7 @@ def evaluate_case(
     presence: Any = None,
     on_done: Callable[[CaseOutcome], None] | None = None,
     on_progress: Callable[[str, str, Any], None] | None = None,
+    channels: Sequence[str] | None = None,
 ) -> list[CaseOutcome]:
     """Segment (or reuse) and score one case with every method; never raises for the case.
 
@@ -297,6 +296,8 @@ def evaluate_case(
         Called with each :class:`CaseOutcome` as soon as it is known.
     on_progress : callable, optional
         Called with ``(case_id, method, napari_gmmseg.fit.Progress)`` while a method runs.
+    channels : sequence of str, optional
+        Sequences the case must have (the dataset's); a case without one fails.
 
     Returns
     -------
@@ -319,7 +320,7 @@ def evaluate_case(
             on_done(outcome)
 
     try:
-        case = source.load()
+        case = source.load(channels=channels)
         roi_mask = _resolve_roi(roi, case, out_dir, force)
     except Exception as exc:  # one broken case must not stop the batch
         for method in methods:
@@ -328,7 +329,7 @@ def evaluate_case(
 
     for method in methods:
         label_path = out_dir / method / f"{case_id}.nii.gz"
-        sidecar = label_path.with_name(f"{case_id}.json")
+        sidecar = label_path.with_name(label_path.name[: -len(".nii.gz")] + ".json")
         requested = _requested(method, options, presence_json, roi)
         try:
             reuse = label_path.exists() and not force and _reusable(label_path, sidecar, requested)
@@ -414,8 +415,16 @@ def _requested(method: str, options: Mapping[str, Any], presence: Any, roi: Any)
     defaults.update(own, extreme="refuse", method=spec.name)  # the method run, not the default
     kwargs = {**defaults, **_method_kwargs(method, options)}
     kwargs = {k: v for k, v in kwargs.items() if k not in _NOT_COMPARED and v is not None}
-    roi_key = "gt" if roi is None or str(roi).lower() == "gt" else str(Path(roi).resolve())
+    roi_key = _roi_key(roi)
     return jsonable({"options": kwargs, "presence": presence, "roi": roi_key})
+
+
+def _roi_key(roi: Any) -> str:
+    """How a run records its ROI: ``gt``, ``auto`` (never a path in the current folder), or
+    the mask file's absolute path."""
+    if roi is None or str(roi).lower() in ("gt", "auto"):
+        return "gt" if roi is None else str(roi).lower()
+    return str(Path(roi).resolve())
 
 
 def _reusable(label_path: Path, sidecar: Path, requested: Mapping[str, Any]) -> bool:
@@ -591,11 +600,54 @@ def evaluate_dataset(
     dataset = Path(dataset)
     sources = _select_sources(dataset, cases)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    options = dict(options or {})
     rule = resolve_rule(presence)  # validated before any case runs
+    from napari_gmmseg import io
+
+    with io.RunLock(out_dir):  # a second run on OUT is refused while this one lives
+        return _evaluate_locked(
+            dataset, sources, methods, out_dir, rule, t0,
+            roi=roi, force=force, scheduler=scheduler, progress=progress, options=options,
+            with_hd95=with_hd95, empty=empty, plots=plots,
+        )  # fmt: skip
+
+
+def _dataset_channels(sources: Sequence[Any]) -> tuple[str, ...]:
+    """Sequences every case must have: all those any case of the dataset has."""
+    found = {c for s in sources for c in s.sequences}
+    from napari_gmmseg.labels import DEFAULT_CHANNELS
+
+    return tuple(c for c in DEFAULT_CHANNELS if c in found) + tuple(
+        sorted(found - set(DEFAULT_CHANNELS))
+    )
+
+
+def _evaluate_locked(
+    dataset: Path,
+    sources: list,
+    methods: list[str],
+    out_dir: Path,
+    rule: Any,
+    t0: float,
+    *,
+    roi: Any,
+    force: bool,
+    scheduler: Any,
+    progress: Any,
+    options: Mapping[str, Any] | None,
+    with_hd95: bool,
+    empty: float,
+    plots: bool,
+) -> Evaluation:
+    """:func:`evaluate_dataset` once it holds the lock on ``out_dir``."""
+    options = dict(options or {})
     kw = dict(
-        roi=roi, force=force, options=options, with_hd95=with_hd95, empty=empty, presence=rule
+        roi=roi,
+        force=force,
+        options=options,
+        with_hd95=with_hd95,
+        empty=empty,
+        presence=rule,
+        channels=_dataset_channels(sources),
     )
     bar = _Bar(len(sources) * len(methods), progress)
     outcomes: list[CaseOutcome] = []
@@ -619,7 +671,7 @@ def evaluate_dataset(
         "dataset": str(dataset.resolve()),
         "out_dir": str(out_dir.resolve()),
         "methods": methods,
-        "roi": "gt" if roi is None or str(roi).lower() == "gt" else str(roi),
+        "roi": _roi_key(roi),
         "force": force,
         "options": options,
         "with_hd95": with_hd95,
@@ -643,6 +695,14 @@ def evaluate_dataset(
         "aggregates": aggregates,
         "table": table,
     }
+    if not any(o.status != "failed" for o in outcomes) and (
+        (out_dir / "metrics.csv").exists() or (out_dir / "summary.json").exists()
+    ):
+        # nothing was segmented or reused: the tables of an earlier run stay as they are
+        summary["warnings"].append(
+            "every case failed: metrics.csv and summary.json of the earlier run are kept"
+        )
+        return Evaluation(outcomes, rows, summary, table, out_dir)
     if isinstance(roi, str) and roi.lower() == "auto":
         from napari_gmmseg.autoroi import collect_case_qc, write_qc_csv
 

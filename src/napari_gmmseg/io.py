@@ -29,6 +29,7 @@ lazily, so ``import napari_gmmseg.io`` only costs numpy.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import uuid
@@ -49,7 +50,10 @@ __all__ = [
     "Case",
     "CaseSource",
     "Geometry",
+    "RunLock",
+    "check_distinct",
     "check_output",
+    "check_spacing",
     "discover_cases",
     "file_role",
     "is_image_path",
@@ -81,6 +85,20 @@ _FLIP = np.diag([-1.0, -1.0, 1.0])
 _SPACING_RTOL = 1e-3
 _ORIGIN_TOL_FRACTION = 0.05  # of the smallest voxel size
 _DIRECTION_ATOL = 1e-3
+
+#: Mixed study: sequences whose origins differ by more than this (mm) or whose axes
+#: differ by more than :data:`MAX_ANGLE_DEG` are refused unless ``allow_resample``
+#: (``--allow-resample``): they are most likely not of one patient and one position.
+MAX_ORIGIN_SHIFT_MM = 5.0
+MAX_ANGLE_DEG = 5.0
+
+#: Plausible voxel sizes of cardiac MRI in mm: in-plane ``(y, x)`` and slice ``z``
+#: (``docs/robustness.md``). Outside them a case is refused: the header is wrong.
+IN_PLANE_MM = (0.2, 5.0)
+SLICE_MM = (0.5, 30.0)
+
+#: NIfTI ``xyzt_units`` spatial units -> mm ("unknown": the NIfTI default, mm).
+_UNITS_TO_MM = {"unknown": 1.0, "meter": 1000.0, "mm": 1.0, "micron": 1e-3}
 
 
 # --------------------------------------------------------------------------- geometry
@@ -200,6 +218,15 @@ class Geometry:
         if np.linalg.norm(np.subtract(self.origin, other.origin)) > tol:
             return False
         return bool(np.allclose(self.direction, other.direction, atol=_DIRECTION_ATOL))
+
+    def shift_mm(self, other: Geometry) -> float:
+        """Distance (mm) between the origins (voxel 0, 0, 0) of the two grids."""
+        return float(np.linalg.norm(np.subtract(self.origin, other.origin)))
+
+    def angle_deg(self, other: Geometry) -> float:
+        """Largest angle (degrees) between corresponding voxel axes of the two grids."""
+        cos = np.clip(np.sum(self.direction * other.direction, axis=0), -1.0, 1.0)
+        return float(np.max(np.degrees(np.arccos(cos))))
 
     def difference(self, other: Geometry) -> str:
         """Human-readable list of what differs from ``other`` (for warnings)."""
@@ -393,9 +420,27 @@ def _read_nifti(path: Path, frame: int | None) -> tuple[np.ndarray, Geometry]:
     if hdr.get_data_shape() != arr.shape:
         # make the stored header describe the 3-D volume we hand out
         hdr.set_data_shape(arr.shape)
-    zooms = tuple(float(z) for z in hdr.get_zooms()[:3])
+    try:  # nibabel silently sets a zero pixdim to 1 on load: read the stored one
+        with nib.openers.ImageOpener(str(path)) as fh:
+            stored = type(img.header).from_fileobj(fh, check=False)
+        pixdim = np.asarray(stored["pixdim"][1:4], dtype=float)
+    except Exception:  # pragma: no cover - the image itself was readable
+        pixdim = np.asarray(hdr["pixdim"][1:4], dtype=float)
+    if not np.all(np.isfinite(pixdim)) or np.any(pixdim == 0):
+        raise CaseLoadError(
+            f"{path}: voxel size (pixdim) {tuple(float(v) for v in pixdim)} is zero or not a "
+            "number; fix the header"
+        )
+    to_mm = _UNITS_TO_MM.get(hdr.get_xyzt_units()[0])
+    if to_mm is None:
+        raise CaseLoadError(
+            f"{path}: unknown spatial unit {hdr.get_xyzt_units()[0]!r} in xyzt_units"
+        )
+    affine = np.asarray(img.affine, dtype=float).copy()
+    affine[:3, :] *= to_mm  # the header stays as it is: the file it writes keeps its units
+    zooms = tuple(float(z) * to_mm for z in hdr.get_zooms()[:3])
     geometry = Geometry.from_affine(
-        img.affine, arr.shape[::-1], header=bytes(hdr.binaryblock), spacing_mm=zooms[::-1]
+        affine, arr.shape[::-1], header=bytes(hdr.binaryblock), spacing_mm=zooms[::-1]
     )
     return np.ascontiguousarray(arr.transpose(2, 1, 0)), geometry
 
@@ -700,6 +745,12 @@ def _scan_folder(folder: Path, allow_dirs: bool = False) -> dict[str, dict[str, 
         r = _role(p)
         if r is None:
             continue
+        try:
+            p.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise CaseLoadError(
+                f"{folder}: file name {p.name!r} is not valid UTF-8; rename it"
+            ) from None
         role, key = r
         roles = groups.setdefault(key, {})
         # prefer a NIfTI file over other formats, otherwise keep the first
@@ -745,7 +796,13 @@ class CaseSource:
     sequences: dict[str, Path]
     mask: Path | None = None
 
-    def load(self, *, frame: int | None = None, channels: Sequence[str] | None = None) -> Case:
+    def load(
+        self,
+        *,
+        frame: int | None = None,
+        channels: Sequence[str] | None = None,
+        allow_resample: bool = False,
+    ) -> Case:
         """Load this case (see :func:`load_case_from_paths`)."""
         seqs = self.sequences
         if channels is not None:
@@ -756,7 +813,9 @@ class CaseSource:
                     f"(found {list(seqs)} in {_folder_of(seqs)})"
                 )
             seqs = {c: seqs[c] for c in channels}
-        return load_case_from_paths(seqs, self.mask, self.case_id, frame=frame)
+        return load_case_from_paths(
+            seqs, self.mask, self.case_id, frame=frame, allow_resample=allow_resample
+        )
 
 
 def _folder_of(seqs: Mapping[str, Path]) -> str:
@@ -778,19 +837,24 @@ def _sources_in(folder: Path, default_id: str | None = None) -> list[CaseSource]
             for role, p in roles.items():
                 if role == "mask" or len(roles) == 1:
                     masks.setdefault(key, p)
+    ids: dict[str, int] = {}
+    for key, roles in groups.items():
+        if _order(roles):
+            cid = _case_id_from_key(key)
+            ids[cid] = ids.get(cid, 0) + 1
     out = []
     for key, roles in groups.items():
         seqs = _order(roles)
         if not seqs:
             continue
+        shared = ids.get(_case_id_from_key(key), 0) > 1  # myops_training_3027 and myops_test_3027
         mask = roles.get("mask") or masks.get(key)
-        if mask is None:
-            # a mask named without the case prefix in a MyoPS-like gd folder
-            mask = next(
-                (m for k, m in masks.items() if _case_id_from_key(k) == _case_id_from_key(key)),
-                None,
-            )
-        cid = _case_id_from_key(key) if key else (default_id or folder.name)
+        if mask is None and not shared:
+            # a mask named without the case prefix in a MyoPS-like gd folder (only when
+            # one mask has this id: never another patient's)
+            hits = [m for k, m in masks.items() if _case_id_from_key(k) == _case_id_from_key(key)]
+            mask = hits[0] if len(hits) == 1 else None
+        cid = (key if shared else _case_id_from_key(key)) if key else (default_id or folder.name)
         out.append(CaseSource(cid, seqs, mask))
     return out
 
@@ -815,10 +879,18 @@ def discover_cases(dataset: str | os.PathLike) -> list[CaseSource]:
     if not root.is_dir():
         raise CaseLoadError(f"{root}: not a folder")
     sources = list(_sources_in(root))
+    seen = {root.resolve()}
     for sub in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
         if any(t in MASK_TOKENS for t in _tokens(sub.name)[-1:]) or _role(sub) is not None:
             continue  # mask folder or a DICOM series folder of a case in root
+        if sub.resolve() in seen:
+            continue  # a link back to a folder already read (``again -> .``)
+        seen.add(sub.resolve())
         sources.extend(_sources_in(sub, default_id=sub.name))
+    unique: dict[frozenset, CaseSource] = {}
+    for s in sources:  # the same files reached twice (links): one case
+        unique.setdefault(frozenset(p.resolve() for p in s.sequences.values()), s)
+    sources = list(unique.values())
     # the same id in two folders (e.g. train and test, or generic file names in
     # one-folder-per-case layouts): qualify both as "<folder>/<id>"
     by_id: dict[str, list[CaseSource]] = {}
@@ -832,6 +904,11 @@ def discover_cases(dataset: str | os.PathLike) -> list[CaseSource]:
         for s in group:
             folder = next(iter(s.sequences.values())).parent
             qualified = f"{folder.name}/{cid}" if folder != root else cid
+            if qualified in found:
+                raise CaseLoadError(
+                    f"{root}: case {cid} found twice ({_folder_of(s.sequences)}, "
+                    f"{_folder_of(found[qualified].sequences)}); keep one copy"
+                )
             found[qualified] = CaseSource(qualified, s.sequences, s.mask)
     return [found[k] for k in sorted(found)]
 
@@ -844,9 +921,18 @@ def _source_for_file(path: Path) -> CaseSource:
             f"C0/bSSFP, DE/LGE or T2 tag (e.g. myops_training_101_C0.nii.gz)"
         )
     key = r[1]
-    for src in _sources_in(path.parent, default_id=path.parent.name):
-        if (_case_id_from_key(key) if key else path.parent.name) == src.case_id:
+    sources = _sources_in(path.parent, default_id=path.parent.name)
+    here = path.resolve()
+    for src in sources:  # the case this very file belongs to (never a namesake)
+        if here in {p.resolve() for p in src.sequences.values()} or (
+            src.mask is not None and src.mask.resolve() == here
+        ):
             return src
+    matches = [
+        s for s in sources if (_case_id_from_key(key) if key else path.parent.name) == s.case_id
+    ]
+    if len(matches) == 1:
+        return matches[0]
     raise CaseLoadError(f"{path}: no case found around this file")  # pragma: no cover
 
 
@@ -856,6 +942,7 @@ def load_case(
     *,
     frame: int | None = None,
     channels: Sequence[str] | None = None,
+    allow_resample: bool = False,
 ) -> Case:
     """Load a whole case (all sequences found and the mask when present).
 
@@ -873,6 +960,8 @@ def load_case(
     channels : sequence of str, optional
         Sequences that must be present (e.g. ``DEFAULT_CHANNELS``); a missing one
         raises :class:`CaseLoadError`.  Default: whatever is found (at least one).
+    allow_resample : bool
+        Resample a mixed study instead of refusing it (:func:`load_case_from_paths`).
 
     Returns
     -------
@@ -905,8 +994,13 @@ def load_case(
                 if not match:
                     ids = [c.case_id for c in cases]
                     raise CaseLoadError(f"{path}: no case {case_id!r} (found {ids})")
+                if len(match) > 1:
+                    found = ", ".join(str(next(iter(m.sequences.values()))) for m in match)
+                    raise CaseLoadError(
+                        f"{path}: case {case_id!r} is ambiguous ({found}); give its file or folder"
+                    )
                 src = match[0]
-    return src.load(frame=frame, channels=channels)
+    return src.load(frame=frame, channels=channels, allow_resample=allow_resample)
 
 
 def load_case_from_paths(
@@ -915,12 +1009,17 @@ def load_case_from_paths(
     case_id: str | None = None,
     *,
     frame: int | None = None,
+    allow_resample: bool = False,
 ) -> Case:
     """Load a case from explicit paths, one per sequence.
 
     The first of bSSFP (or the first sequence given) is the reference grid.
     Sequences (and the mask) on another grid are resampled onto it with a
-    warning (linear for images, nearest neighbour for the mask).
+    warning (linear for images, nearest neighbour for the mask), unless their origin
+    is more than :data:`MAX_ORIGIN_SHIFT_MM` from the reference's or their axes more
+    than :data:`MAX_ANGLE_DEG` apart (a mixed study: refused unless ``allow_resample``).
+    One file given as two sequences, two sequences with identical voxels, a label map
+    given as an image and an implausible voxel size (:func:`check_spacing`) are refused.
 
     Parameters
     ----------
@@ -932,13 +1031,17 @@ def load_case_from_paths(
         Defaults to the id parsed from the first file name.
     frame : int, optional
         Time frame for 4-D files.
+    allow_resample : bool
+        Resample sequences of a mixed study onto the reference grid instead of refusing.
 
     Raises
     ------
     CaseLoadError
-        Missing/unreadable/2-D/4-D file, NaN/Inf, constant image, bad mask values.
+        Missing/unreadable/2-D/4-D file, NaN/Inf, constant image, bad mask values, one
+        file or identical voxels given as two sequences, a label map as an image, an
+        implausible voxel size.
     GeometryError
-        A sequence or the mask does not overlap the reference grid.
+        A sequence or the mask does not overlap the reference grid; a mixed study.
     """
     if not sequences:
         raise CaseLoadError("no sequence given; at least one image is needed")
@@ -948,6 +1051,13 @@ def load_case_from_paths(
             raise CaseLoadError(f"missing sequence {name}: {p} does not exist")
     if mask is not None and not Path(mask).exists():
         raise CaseLoadError(f"missing mask: {mask} does not exist")
+    given = [(n, p.resolve()) for n, p in seqs.items()]
+    if mask is not None:
+        given.append(("mask", Path(mask).resolve()))
+    for i, (name, p) in enumerate(given):
+        for other, q in given[:i]:
+            if p == q:
+                raise CaseLoadError(f"{p}: given as both {other} and {name}; one file per input")
     order = [c for c in DEFAULT_CHANNELS if c in seqs] + [
         c for c in seqs if c not in DEFAULT_CHANNELS
     ]
@@ -962,9 +1072,23 @@ def load_case_from_paths(
         p = seqs[name]
         arr, geom = read_volume(p, frame=frame)
         data = _check_image_values(arr, p)
+        check_spacing(geom, p)
+        if _looks_like_labels(data):
+            raise CaseLoadError(
+                f"{p}: holds only label values {sorted(np.unique(data).astype(int).tolist())}; "
+                f"this is a mask, not a {name} image"
+            )
+        for other, vol in volumes.items():
+            if vol.shape == data.shape and np.array_equal(vol, data):
+                raise CaseLoadError(
+                    f"{p} ({name}) and {seqs[other]} ({other}) hold identical voxels; "
+                    "each sequence must be its own image"
+                )
         if reference is None:
             reference = geom
         elif not geom.same_grid(reference):
+            if not allow_resample:
+                _check_same_study(name, p, geom, ref_name, seqs[ref_name], reference)
             warnings.warn(
                 f"case {case_id}: {name} ({p.name}) is not on the {ref_name} grid "
                 f"({geom.difference(reference)}); resampled onto it (linear)",
@@ -981,6 +1105,8 @@ def load_case_from_paths(
         arr, geom = read_volume(mp, frame=frame)
         labels = _check_label_values(arr, mp)
         if not geom.same_grid(reference):
+            if not allow_resample:
+                _check_same_study("mask", mp, geom, ref_name, seqs[ref_name], reference)
             warnings.warn(
                 f"case {case_id}: mask {mp.name} is not on the {ref_name} grid "
                 f"({geom.difference(reference)}); resampled onto it (nearest neighbour)",
@@ -1001,6 +1127,45 @@ def load_case_from_paths(
         case_id=str(case_id),
         sources=sources,
     )
+
+
+def check_spacing(geometry: Geometry, path: str | os.PathLike) -> None:
+    """Refuse a voxel size outside :data:`IN_PLANE_MM` / :data:`SLICE_MM` (a wrong header).
+
+    Raises
+    ------
+    CaseLoadError
+        One line naming the file, the spacing read and the plausible range.
+    """
+    z, y, x = (float(v) for v in geometry.spacing_mm)
+    lo, hi = IN_PLANE_MM
+    slo, shi = SLICE_MM
+    if not (lo <= y <= hi and lo <= x <= hi and slo <= z <= shi):
+        raise CaseLoadError(
+            f"{path}: implausible voxel size {x:.4g} x {y:.4g} mm, slices {z:.4g} mm (cardiac "
+            f"MRI: in-plane {lo:g}-{hi:g} mm, slices {slo:g}-{shi:g} mm); check the header "
+            "(pixdim, xyzt_units)"
+        )
+
+
+def _looks_like_labels(data: np.ndarray) -> bool:
+    """True for an image whose values are all MyoPS label values (a mask given as an image)."""
+    values = np.unique(data)
+    return values.size <= len(MYOPS_VALUES) and set(values.tolist()) <= set(MYOPS_VALUES) | {0}
+
+
+def _check_same_study(
+    name: str, path: Path, geom: Geometry, ref_name: str, ref_path: Path, reference: Geometry
+) -> None:
+    """Refuse a sequence that is not of the reference's study (origin or axes too far)."""
+    shift, angle = geom.shift_mm(reference), geom.angle_deg(reference)
+    if shift > MAX_ORIGIN_SHIFT_MM or angle > MAX_ANGLE_DEG:
+        raise GeometryError(
+            f"{path} ({name}) and {ref_path} ({ref_name}) do not look like one study: origins "
+            f"{shift:.1f} mm apart, axes {angle:.1f} degrees apart (tolerance "
+            f"{MAX_ORIGIN_SHIFT_MM:g} mm, {MAX_ANGLE_DEG:g} degrees); check they are the same "
+            "patient and position, or resample anyway (--allow-resample, allow_resample=True)"
+        )
 
 
 # --------------------------------------------------------------------------- writing
@@ -1033,6 +1198,7 @@ def check_output(
     suffixes: Sequence[str] = (),
     force: bool = False,
     inputs: Sequence[str | os.PathLike] = (),
+    datasets: Sequence[str | os.PathLike] = (),
 ) -> Path:
     """Check an output path before any work: the ONE place every command checks outputs.
 
@@ -1049,6 +1215,10 @@ def check_output(
     inputs : sequence of path-like
         The command's input files: an output that is one of them is refused even with
         ``force``.
+    datasets : sequence of path-like
+        Dataset folders the command reads: an output inside the folders holding their
+        images or masks (``train25``, ``train25_myops_gd``), or the dataset folder itself,
+        is refused even with ``force``.
 
     Returns
     -------
@@ -1057,8 +1227,9 @@ def check_output(
     Raises
     ------
     OutputPathError
-        The output is an input, a folder where a file is written (or the reverse), has
-        the wrong suffix, or its parent is a file or read-only.
+        The output is an input, lies in a dataset's image or mask folder, is a folder
+        where a file is written (or the reverse), has the wrong suffix, or its parent is
+        a file or read-only.
     OutputExistsError
         The file exists and ``force`` is False.
     """
@@ -1067,6 +1238,12 @@ def check_output(
     for inp in inputs:
         if inp is not None and Path(inp).resolve() == resolved:
             raise OutputPathError(f"{path}: is an input of this command; choose another output")
+    for folder in _data_folders(datasets):
+        if resolved == folder or folder in resolved.parents:
+            raise OutputPathError(
+                f"{path}: lies in {folder}, a folder of the dataset's images or masks; "
+                "write outputs elsewhere"
+            )
     if kind == "dir":
         if path.exists() and not path.is_dir():
             raise OutputPathError(f"{path}: is a file; an output folder is needed")
@@ -1080,6 +1257,122 @@ def check_output(
     if path.exists() and not force:
         raise OutputExistsError(f"{path} exists (use --force to overwrite)")
     return path
+
+
+def _data_folders(datasets: Sequence[str | os.PathLike]) -> set[Path]:
+    """Resolved folders holding a dataset's images and masks (and the dataset folder)."""
+    out: set[Path] = set()
+    for d in datasets:
+        if d is None or not Path(d).is_dir():
+            continue  # the command's own check names a missing dataset
+        out.add(Path(d).resolve())
+        try:
+            sources = discover_cases(d)
+        except CaseLoadError:
+            continue
+        for src in sources:
+            files = [*src.sequences.values(), *([src.mask] if src.mask else [])]
+            out.update(Path(f).resolve().parent for f in files)
+    return out
+
+
+def check_distinct(outputs: Mapping[str, str | os.PathLike | None]) -> None:
+    """Refuse two outputs of one command that are the same file (``--out`` = ``--roi-out``).
+
+    Parameters
+    ----------
+    outputs : mapping
+        ``flag -> path`` (None: not given).
+
+    Raises
+    ------
+    OutputPathError
+        Two flags name the same file.
+    """
+    seen: dict[Path, str] = {}
+    for flag, path in outputs.items():
+        if path is None:
+            continue
+        key = Path(path).resolve()
+        if key in seen:
+            raise OutputPathError(f"{path}: given as both {seen[key]} and {flag}; one file each")
+        seen[key] = flag
+
+
+#: Name of the lock file a resumable run keeps in its output folder.
+LOCK_NAME = ".napari-gmmseg.lock"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    except OSError:
+        return False
+    return True
+
+
+class RunLock:
+    """An exclusive lock on an output folder for one run (``evaluate --out``, ``demo``).
+
+    ``OUT/.napari-gmmseg.lock`` holds the pid and start time of the run; a second run
+    on the same folder is refused while that process lives; a lock left by a dead
+    process (killed run) is taken over. Use as a context manager.
+
+    Raises
+    ------
+    OutputPathError
+        (on enter) Another live run holds the folder.
+    """
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / LOCK_NAME
+        self._held = False
+
+    def acquire(self) -> RunLock:
+        """Take the lock (a hard link of a file holding our pid: atomic, never half-written)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = _make_temp(self.path, ".lock")
+        try:
+            Path(tmp).write_text(f"{os.getpid()}\n", encoding="utf-8")
+            for _ in range(3):
+                try:
+                    os.link(tmp, self.path)
+                except FileExistsError:
+                    try:
+                        pid = int(self.path.read_text(encoding="utf-8").split()[0])
+                    except (OSError, ValueError, IndexError):
+                        pid = 0
+                    if pid > 0 and _pid_alive(pid):
+                        raise OutputPathError(
+                            f"{self.folder}: another run (pid {pid}) is writing here; wait for "
+                            f"it or choose another output folder (remove {self.path} if it is "
+                            "gone)"
+                        ) from None
+                    with contextlib.suppress(FileNotFoundError):  # stale: its process is gone
+                        os.unlink(self.path)
+                    continue
+                self._held = True
+                return self
+        finally:
+            os.unlink(tmp)
+        raise OutputPathError(f"{self.folder}: cannot take the lock {self.path}")
+
+    def release(self) -> None:
+        if self._held:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+            self._held = False
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 def _make_temp(path: Path, suffix: str) -> str:

@@ -486,7 +486,26 @@ def _check_request(
     extreme = check_choice("extreme", given.pop("extreme", "refuse"), EXTREME_POLICIES)
     options = spec.make_options(given)
     rule = resolve_rule(presence)
+    if roi is None and spec.family == "pipeline":
+        raise RoiError(
+            f"method {spec.name!r} segments the LV and needs its ROI (blood pool + myocardium): "
+            "give a mask, or find it automatically (--roi auto, segment_case(roi='auto'))"
+        )
     images, roi_mask, channels = check_volume(images, roi, channels)
+    no_data = _slices_without_data(images, roi_mask)
+    if no_data:
+        import warnings
+
+        roi_mask = roi_mask.copy()
+        roi_mask[no_data] = False
+        if not roi_mask.any():
+            raise RoiError(f"no slice has data in every sequence (slices {no_data} are empty)")
+        warnings.warn(
+            f"slices {no_data} have no data in some sequence (constant, e.g. outside its "
+            "grid): not segmented",
+            UserWarning,
+            stacklevel=3,
+        )
     clip_statistics = None
     if clip_percentiles is not None and extreme == "refuse":  # every method family, up front
         clip_statistics = _refuse_extreme(images[roi_mask], channels, clip_percentiles)
@@ -495,11 +514,11 @@ def _check_request(
     total = int(counts.sum())
     if total < k:
         raise RoiError(f"the region of interest has {total} pixels, fewer than the {k} classes")
-    skipped: list[int] = []
+    skipped: list[int] = list(no_data)
     if per_slice:
         small = np.nonzero((counts > 0) & (counts < k))[0]
         if small.size:
-            skipped = [int(z) for z in small]
+            skipped = sorted({*skipped, *(int(z) for z in small)})
             roi_mask = roi_mask.copy()
             roi_mask[small] = False
             clip_statistics = None  # of the ROI before these slices were removed
@@ -547,6 +566,19 @@ def _check_request(
         extreme,
         clip_statistics,
     )
+
+
+def _slices_without_data(images: np.ndarray, roi: np.ndarray) -> list[int]:
+    """z of the slices whose ROI is constant in some channel (all zero, outside its grid).
+
+    Such a slice has no information in that sequence; a fit there would invent tissue.
+    """
+    out = []
+    for z in np.nonzero(roi.reshape(len(roi), -1).any(1))[0]:
+        values = images[z][roi[z]]  # (P, C)
+        if np.any(values.max(0) == values.min(0)):
+            out.append(int(z))
+    return out
 
 
 def _refuse_extreme(

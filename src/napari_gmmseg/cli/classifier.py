@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_gmmseg.cli.prior import select_cases
     from napari_gmmseg.io import check_output
 
-    check_output(args.out, suffixes=(".npz",), force=args.force)
+    check_output(args.out, suffixes=(".npz",), force=args.force, datasets=(args.dataset,))
     sources = select_cases(args.dataset, args.cases)
     clf = learn_classifier(
         sources, seed=args.seed, epochs=args.epochs, hidden=args.hidden, progress=print

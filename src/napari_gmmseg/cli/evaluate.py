@@ -94,7 +94,7 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     from napari_gmmseg.io import check_output
 
-    check_output(out, kind="dir", inputs=(args.dataset,))
+    check_output(out, kind="dir", inputs=(args.dataset,), datasets=(args.dataset,))
     cases = [c.strip() for c in args.cases.split(",")] if args.cases else None
     result = evaluate_dataset(
         args.dataset,

@@ -34,7 +34,13 @@ def run(args: argparse.Namespace) -> int:
     from napari_gmmseg.deep.mu_data import compute_mu_data
     from napari_gmmseg.io import check_output
 
-    check_output(args.out, suffixes=(".json",), force=args.force, inputs=(args.dataset,))
+    check_output(
+        args.out,
+        suffixes=(".json",),
+        force=args.force,
+        inputs=(args.dataset,),
+        datasets=(args.dataset,),
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         table = compute_mu_data(args.dataset, n_images=args.images, seed=args.seed)

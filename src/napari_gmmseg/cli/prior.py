@@ -29,13 +29,10 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Learn, write and print the prior."""
-    from pathlib import Path
-
-    from napari_gmmseg.errors import OutputExistsError
+    from napari_gmmseg.io import check_output
     from napari_gmmseg.prior import learn_prior
 
-    if Path(args.out).exists() and not args.force:
-        raise OutputExistsError(f"{args.out} exists; pass --force to replace it")
+    check_output(args.out, suffixes=(".json",), force=args.force, datasets=(args.dataset,))
     prior = learn_prior(select_cases(args.dataset, args.cases))
     prior.save(args.out, overwrite=args.force)
     print(f"wrote {args.out} ({prior.source['n_cases']} cases)")

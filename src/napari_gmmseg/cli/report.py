@@ -35,16 +35,26 @@ def _read_on_grid(path: str, geometry, what: str, labels: bool):
 
 def _run(args: argparse.Namespace) -> int:
     from napari_gmmseg.errors import GeometryError
-    from napari_gmmseg.io import load_case, read_labels
+    from napari_gmmseg.io import check_output, load_case, read_labels
     from napari_gmmseg.report import REPORT_FILES, compute_report, write_report
     from napari_gmmseg.report.writer import check_outputs
 
     out = Path(args.out)
-    check_outputs(
-        out, list(REPORT_FILES) + (["manual_segments.csv"] if args.mask else []), args.force
-    )
+    names = list(REPORT_FILES) + (["manual_segments.csv"] if args.mask else [])
+    inputs = (args.labels, args.case, args.lge, args.bssfp, args.t2, args.mask)
+    check_output(out, kind="dir", inputs=inputs)
+    for name in names:  # no written file may be an input (even with --force)
+        check_output(out / name, force=True, inputs=inputs)
+    check_outputs(out, names, args.force)
     labels, geometry = read_labels(args.labels, with_geometry=True)
     point = args.rv_insertion
+    if point is not None:
+        size = labels.shape[::-1]  # (X, Y, Z)
+        if not all(0 <= v <= n - 1 for v, n in zip(point, size, strict=True)):
+            raise GeometryError(
+                f"--rv-insertion {','.join(f'{v:g}' for v in point)} lies outside the label "
+                f"map's grid (x 0..{size[0] - 1}, y 0..{size[1] - 1}, z 0..{size[2] - 1})"
+            )
     image = None
     if args.case:
         case = load_case(args.case)

@@ -47,6 +47,12 @@ def register(subparsers) -> None:
     )
     g.add_argument("--out", required=True, metavar="OUT.nii.gz", help="label map to write")
     g.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    g.add_argument(
+        "--allow-resample",
+        action="store_true",
+        help="resample sequences whose origins differ by more than 5 mm or axes by more than "
+        "5 degrees (refused by default: most likely not one study)",
+    )
     g.add_argument("--quiet", action="store_true", help="no progress or summary on stderr/stdout")
     m = p.add_argument_group("method")
     m.add_argument(
@@ -91,15 +97,13 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from napari_gmmseg import io
-    from napari_gmmseg.errors import CaseLoadError, ExtremeIntensityError, RoiError
+    from napari_gmmseg.errors import ExtremeIntensityError, RoiError
     from napari_gmmseg.labels import RV
     from napari_gmmseg.segment import segment, with_sources
 
     t0 = time.perf_counter()
     out = args.out
-    inputs = (args.bssfp, args.lge, args.t2, args.roi, args.prior)
-    inputs += tuple(getattr(args, n, None) for n in ("weights", "mu_data"))
-    io.check_output(out, suffixes=(".nii.gz", ".nii"), force=args.force, inputs=inputs)
+    _check_request(args)  # every output and flag, before anything is read
     from napari_gmmseg.cli._options import options_for
 
     options = options_for(args, args.method)  # before any loading: a stray flag fails fast
@@ -108,9 +112,7 @@ def run(args: argparse.Namespace) -> int:
         for name, path in (("bSSFP", args.bssfp), ("LGE", args.lge), ("T2", args.t2))
         if path
     }
-    if not sequences:
-        raise CaseLoadError("give at least one of --bssfp, --lge, --t2")
-    case = io.load_case_from_paths(sequences, frame=args.frame)
+    case = io.load_case_from_paths(sequences, frame=args.frame, allow_resample=args.allow_resample)
     roi, rv = None, None
     if args.roi == "auto":
         roi, rv = _auto_roi(case, args)
@@ -149,10 +151,22 @@ def run(args: argparse.Namespace) -> int:
 
     if get_method(args.method).accepts("spacing_mm"):
         options["spacing_mm"] = case.spacing_mm  # the wall-first radii are in mm
+    if roi is not None and not args.quiet:
+        from napari_gmmseg.preprocess import contrast_warnings
+
+        for line in contrast_warnings(case.images, case.channels, roi):
+            print(f"warning: {line}", file=sys.stderr)
+    import warnings
+
     try:
-        fit = _segment(segment, case, roi, args, presence, report, options)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fit = _segment(segment, case, roi, args, presence, report, options)
     except ExtremeIntensityError as exc:
         raise with_sources(exc, case.sources) from None
+    for w in caught:  # one line each, no source line
+        if not args.quiet:
+            print(f"\nwarning: {w.message}", file=sys.stderr)
     if not args.quiet:
         print(file=sys.stderr)
         clip = fit.params.get("clip", {})
@@ -177,6 +191,66 @@ def run(args: argparse.Namespace) -> int:
         roi_source = None if args.roi is None else "auto" if args.roi == "auto" else "manual"
         print(_burden_lines(fit, case.spacing_mm, roi_source))
     return 0
+
+
+#: Engine flags a pipeline method (its own classes and iterations) does not take, with
+#: their defaults: given otherwise, they are refused instead of silently ignored.
+_ENGINE_FLAGS = {
+    "classes": ("--classes", 4),
+    "init": ("--init", "kmeans++"),
+    "tol": ("--tol", 1e-3),
+    "max_iter": ("--max-iter", 100),
+    "covariance": ("--covariance", "diag"),
+    "per_volume": ("--per-volume", False),
+}
+
+
+def _check_request(args: argparse.Namespace) -> None:
+    """Every check that needs no image: outputs, flags that do not fit, inputs given.
+
+    Raises
+    ------
+    GmmSegError
+        One line naming the flag or file.
+    """
+    from napari_gmmseg import io
+    from napari_gmmseg.errors import CaseLoadError, ModelError, RoiError
+    from napari_gmmseg.labels import DEFAULT_CHANNELS
+    from napari_gmmseg.methods import get_method
+
+    inputs = (args.bssfp, args.lge, args.t2, args.roi, args.prior)
+    inputs += tuple(getattr(args, n, None) for n in ("weights", "mu_data", "model"))
+    nifti = (".nii.gz", ".nii")
+    io.check_output(args.out, suffixes=nifti, force=args.force, inputs=inputs)
+    if args.roi_out:
+        if args.roi != "auto":
+            raise RoiError("--roi-out writes the automatic ROI: it needs --roi auto")
+        io.check_output(args.roi_out, suffixes=nifti, force=args.force, inputs=inputs)
+        io.check_distinct({"--out": args.out, "--roi-out": args.roi_out})
+    given = {"bSSFP": args.bssfp, "LGE": args.lge, "T2": args.t2}
+    if not any(given.values()):
+        raise CaseLoadError("give at least one of --bssfp, --lge, --t2")
+    spec = get_method(args.method)
+    if spec.family == "pipeline":
+        if args.roi is None:
+            raise RoiError(
+                f"method {spec.name} segments the LV and needs its ROI: give --roi MASK, or "
+                "--roi auto to find it from the bSSFP image"
+            )
+        missing = [f"--{c.lower()}" for c in DEFAULT_CHANNELS if not given[c]]
+        if missing:
+            raise CaseLoadError(f"method {spec.name} needs all three sequences; give {missing}")
+        stray = [
+            flag for name, (flag, default) in _ENGINE_FLAGS.items()
+            if getattr(args, name) != default
+        ]  # fmt: skip
+        if stray:
+            raise ModelError(
+                f"{', '.join(stray)} does not apply to method {spec.name} (it has its own "
+                "classes and iterations); use --method gmm or svgmm for them"
+            )
+    if args.roi == "auto" and not args.bssfp:
+        raise RoiError("--roi auto finds the LV on the bSSFP image: give --bssfp")
 
 
 def _burden_lines(fit, spacing_mm, roi_source: str | None) -> str:
@@ -217,15 +291,12 @@ def _auto_roi(case, args: argparse.Namespace):
 
     Returns the ``(Z, Y, X)`` bool LV ROI and the RV blood pool (600) found with it.
     """
-    from pathlib import Path
 
     from napari_gmmseg import io
     from napari_gmmseg.autoroi import find_roi, format_qc
-    from napari_gmmseg.errors import OutputExistsError, RoiError
+    from napari_gmmseg.errors import RoiError
     from napari_gmmseg.labels import RV
 
-    if args.roi_out and Path(args.roi_out).exists() and not args.force:
-        raise OutputExistsError(f"{args.roi_out} exists (use --force to overwrite)")
     auto = find_roi(case.images, case.channels, case.spacing_mm)
     if not args.quiet:
         print(f"automatic ROI ({auto.seconds:.1f} s):\n{format_qc(auto.qc)}", file=sys.stderr)

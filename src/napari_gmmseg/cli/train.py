@@ -49,6 +49,32 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Refuse, before any work, numbers and a device that cannot train (one line each)."""
+    from napari_gmmseg.errors import ModelError
+
+    for flag, value, strict in (
+        ("--lr", args.lr, True),
+        ("--weight-decay", args.weight_decay, False),
+        ("--lam", args.lam, False),
+        ("--epochs", args.epochs, True),
+        ("--batch-size", args.batch_size, True),
+        ("--mu-images", args.mu_images, True),
+    ):
+        if not (value > 0 if strict else value >= 0):
+            raise ModelError(f"{flag} must be {'> 0' if strict else '>= 0'}, got {value}")
+    from napari_gmmseg.preprocess import resolve_device
+
+    try:
+        import torch
+
+        dev = resolve_device(args.device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ModelError(f"--device {args.device}: CUDA is not available on this machine")
+    except (RuntimeError, ValueError) as exc:
+        raise ModelError(f"--device {args.device}: {exc}") from exc
+
+
 def run(args: argparse.Namespace) -> int:
     """Train, save and summarise."""
     import sys
@@ -56,7 +82,13 @@ def run(args: argparse.Namespace) -> int:
     from napari_gmmseg.deep.training import train
     from napari_gmmseg.io import check_output
 
-    check_output(args.out, force=args.force, inputs=(args.dataset, getattr(args, "mu_data", None)))
+    check_output(
+        args.out,
+        force=args.force,
+        inputs=(args.dataset, getattr(args, "mu_data", None)),
+        datasets=(args.dataset,),
+    )
+    _check_numbers(args)
 
     def report(p) -> None:
         print(f"epoch {p.iteration}/{args.epochs}  mean NLL {p.nll:.4f}", file=sys.stderr)
