@@ -48,7 +48,6 @@ QUANTITIES = {"scar": "scar_pct", "edema": "edema_pct", "area at risk": "scar_ed
 def score(labels: np.ndarray, gt: np.ndarray, spacing_mm) -> dict:
     """As-named scores of one case (cv_quality's, plus area at risk)."""
     from cv_quality import score_case
-
     from napari_gmmseg.metrics import burden
 
     row = score_case(labels, gt, spacing_mm)

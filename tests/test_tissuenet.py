@@ -100,9 +100,9 @@ def _stop_at(n):
 
 @pytest.fixture
 def tiny_ensemble(case):
-    from napari_gmmseg.tissuenet.model import NetConfig, TissueNetEnsemble, build_network
-
     import torch
+
+    from napari_gmmseg.tissuenet.model import NetConfig, TissueNetEnsemble, build_network
 
     torch.manual_seed(0)
     cfg = NetConfig(features=(4, 8, 16))
@@ -127,16 +127,16 @@ def test_ensemble_file_round_trip_checksum_and_no_overwrite(tiny_ensemble, tmp_p
     with pytest.raises(OutputExistsError):
         tiny_ensemble.save(path)
     (tmp_path / "junk.npz").write_bytes(b"not a model")
-    with pytest.raises(ModelError, match="junk.npz"):
+    with pytest.raises(ModelError, match=r"junk\.npz"):
         TissueNetEnsemble.load(tmp_path / "junk.npz")
 
 
 def test_shipped_model_matches_its_checksum():
-    from napari_gmmseg.tissuenet.model import SHIPPED_PATH, SHIPPED_SHA256, load_ensemble
-
     import hashlib
 
-    assert SHIPPED_SHA256 == hashlib.sha256(SHIPPED_PATH.read_bytes()).hexdigest()
+    from napari_gmmseg.tissuenet.model import SHIPPED_PATH, SHIPPED_SHA256, load_ensemble
+
+    assert hashlib.sha256(SHIPPED_PATH.read_bytes()).hexdigest() == SHIPPED_SHA256
     ens = load_ensemble()
     assert len(ens.states) == 5 and len(ens.meta["members"]) == 5
     held_out = [set(m["train_cases"]) for m in ens.meta["members"]]

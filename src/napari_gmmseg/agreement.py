@@ -33,9 +33,9 @@ __all__ = [
     "Concordance",
     "agreement_summary",
     "bland_altman",
-    "concordance",
     "burden_agreement",
     "burden_pairs",
+    "concordance",
     "plot_bland_altman",
     "write_bland_altman",
 ]
