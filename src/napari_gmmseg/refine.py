@@ -64,16 +64,16 @@ SCRIBBLE_VALUES: tuple[int, ...] = (0, *CLASS_VALUES)
 PI_FLOOR = 0.05
 #: Reach of a stroke (mm): the Gaussian fall-off of its Pi reweighting, and the distance
 #: beyond which the EM's sure pixels seed the random walker.
-REACH_MM = 25.0
+REACH_MM = 40.0
 #: EM responsibility above which a pixel seeds the random walker with its class.
 SEED_CONFIDENCE = 0.9
 #: ``beta`` of :func:`skimage.segmentation.random_walker` (larger: stops harder at edges).
 RW_BETA = 130.0
 #: Pseudo-count of the slice's class Gaussian in a stroke's Gaussian (pixels).
 STROKE_SHRINKAGE = 10.0
-#: Weight of the stroke-similarity term added to Pi (1: a pixel identical to the stroke, on
-#: the stroke, gets half its Pi from the stroke's class).
-STROKE_WEIGHT = 1.0
+#: Weight of the stroke-similarity term added to Pi (a pixel identical to the stroke, on
+#: the stroke, gets 3/4 of its Pi from the stroke's class).
+STROKE_WEIGHT = 3.0
 
 
 @dataclass(frozen=True)
@@ -178,16 +178,15 @@ def _fit_roi(fit: Fit) -> np.ndarray:
     return roi
 
 
-def _slice_pi(fit: Fit, z: int, region: np.ndarray) -> np.ndarray:
-    """``(n, 4)`` Pi of the region's pixels: the fit's class probabilities, floored, normalised."""
+def _slice_pi(prob: np.ndarray, cls: np.ndarray) -> np.ndarray:
+    """``(n, 4)`` Pi from the fit's class probabilities ``(n, 4)`` (None: its class indices
+    ``(n,)``), normalised and mixed with :data:`PI_FLOOR` of the uniform distribution."""
     k = len(CLASS_VALUES)
-    prob = fit.probabilities
-    if prob is not None and np.shape(prob)[:3] == fit.labels.shape and np.shape(prob)[3] == k:
-        p = np.asarray(prob[z][region], dtype=np.float64)
-    else:  # no soft maps kept: the labels themselves
-        cls = _class_index(np.asarray(fit.labels[z])[region])
+    if prob is None:  # no soft maps kept: the labels themselves
         p = np.zeros((cls.size, k))
         p[cls >= 0, cls[cls >= 0]] = 1.0
+    else:
+        p = np.asarray(prob, dtype=np.float64)
     total = p.sum(1, keepdims=True)
     p = np.where(total > 0, p / np.maximum(total, 1e-12), 1.0 / k)
     return (1.0 - PI_FLOOR) * p + PI_FLOOR / k
@@ -277,48 +276,83 @@ def _random_walk(
 
 
 def _refine_slice(
-    fit: Fit,
-    z: int,
+    prob: np.ndarray | None,
+    orig: np.ndarray,
     region: np.ndarray,
     strokes: np.ndarray,
     x_img: np.ndarray,
     pixel_mm: tuple[float, float],
     iterations: int,
-) -> np.ndarray:
-    """``(Y, X, K)`` refined class probabilities of one slice (0 outside ``region``)."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Refined class indices and probabilities of one (cropped) slice.
+
+    Parameters
+    ----------
+    prob : ``(Y, X, K)`` the fit's class probabilities, or None.
+    orig : ``(Y, X)`` the fit's class index, -1 outside its ROI.
+    region : ``(Y, X)`` bool, the ROI plus the stroke pixels.
+    strokes : ``(Y, X)`` MyoPS values of the strokes, 0 elsewhere.
+    x_img : ``(Y, X, M)`` intensities z-scored over ``region``.
+
+    Returns
+    -------
+    cls : ``(Y, X)`` int64 class index, -1 outside ``region``.
+    prob : ``(Y, X, K)`` float64 class probabilities (the fit's where the class is kept).
+
+    A pixel changes class when it is a stroke pixel, or when it lies within
+    :data:`REACH_MM` of a stroke, the EM with the strokes gives it another class than the
+    fit, that class is either a stroked class or differs from what the same EM without the
+    strokes gives it (the change is the strokes' doing), and the random walker seeded with
+    the strokes and the fit's labels beyond the reach agrees.
+    """
     from scipy import ndimage as ndi
 
     from napari_gmmseg.classifier.adapt import adapt_per_slice
 
     k = len(CLASS_VALUES)
+    eye = np.eye(k)
     stroke_cls = _class_index(strokes)
     x = x_img[region].astype(np.float64)
     s_cls = stroke_cls[region]
     on = s_cls >= 0
-    dist_img = {}
-    for c in np.unique(s_cls[on]):
-        dist_img[int(c)] = ndi.distance_transform_edt(stroke_cls != c, sampling=pixel_mm)
-    pi = _slice_pi(fit, z, region)
-    pi = _reweight_pi(pi, x, s_cls, {c: d[region] for c, d in dist_img.items()})
-    pi[on] = np.eye(k)[s_cls[on]]  # hard constraints
-    r = adapt_per_slice(pi, x, np.zeros(len(x), dtype=np.int64), iterations=iterations)
-    r = np.asarray(r, dtype=np.float64)
-    r[on] = np.eye(k)[s_cls[on]]
+    dist = {
+        int(c): ndi.distance_transform_edt(stroke_cls != c, sampling=pixel_mm)
+        for c in np.unique(s_cls[on])
+    }
+    pi0 = _slice_pi(None if prob is None else prob[region], orig[region])
+    pi1 = _reweight_pi(pi0, x, s_cls, {c: d[region] for c, d in dist.items()})
+    pi1[on] = eye[s_cls[on]]  # hard constraints
+    sid = np.zeros(len(x), dtype=np.int64)
+    r0 = np.asarray(adapt_per_slice(pi0, x, sid, iterations=iterations), dtype=np.float64)
+    r1 = np.asarray(adapt_per_slice(pi1, x, sid, iterations=iterations), dtype=np.float64)
+    r1[on] = eye[s_cls[on]]
     r_img = np.zeros((*region.shape, k))
-    r_img[region] = r
-    near = np.min(np.stack(list(dist_img.values())), axis=0) <= REACH_MM
-    sure = (r_img.max(-1) >= SEED_CONFIDENCE) & ~near
-    seeds = np.where(region & sure, r_img.argmax(-1) + 1, 0)
+    r_img[region] = r1
+    near = region & (np.min(np.stack(list(dist.values())), axis=0) <= REACH_MM)
+    seeds = np.where(region & ~near & (orig >= 0), orig + 1, 0)
     seeds = np.where(stroke_cls >= 0, stroke_cls + 1, seeds)
-    rw = _random_walk(x_img, region, seeds, pixel_mm)
-    joint = rw * r_img
-    free = region & (seeds == 0)
+    joint = _random_walk(x_img, region, seeds, pixel_mm) * r_img
+    new0, new1 = np.full(region.shape, -1), np.full(region.shape, -1)
+    new0[region], new1[region] = r0.argmax(1), r1.argmax(1)
+    stroked = np.isin(new1, np.unique(s_cls[on]))
+    change = near & (new1 != orig) & (stroked | (new1 != new0)) & (joint.argmax(-1) == new1)
+    change |= stroke_cls >= 0
+    cls = np.where(change, new1, np.where(region, np.maximum(orig, 0), -1))
     total = joint.sum(-1, keepdims=True)
-    final = np.where(seeds[..., None] > 0, np.eye(k)[np.maximum(seeds - 1, 0)], r_img)
-    final = np.where(
-        (free & (total[..., 0] > 0))[..., None], joint / np.maximum(total, 1e-300), final
+    soft = np.where(total > 0, joint / np.maximum(total, 1e-300), r_img)
+    kept = eye[np.maximum(cls, 0)] if prob is None else np.asarray(prob, dtype=np.float64)
+    out = np.where(change[..., None], soft, kept)
+    out[stroke_cls >= 0] = eye[stroke_cls[stroke_cls >= 0]]
+    return cls, np.where(region[..., None], out, 0.0)
+
+
+def _crop(region: np.ndarray, margin: int = 3) -> tuple[slice, slice]:
+    """The bounding box of ``region`` grown by ``margin`` pixels (clipped to the slice)."""
+    ys, xs = np.nonzero(region)
+    return (
+        slice(max(int(ys.min()) - margin, 0), int(ys.max()) + margin + 1),
+        slice(max(int(xs.min()) - margin, 0), int(xs.max()) + margin + 1),
     )
-    return np.where(region[..., None], final, 0.0)
 
 
 def _as_images(
@@ -417,20 +451,33 @@ def refine(
         cls = _class_index(np.asarray(fit.labels))
         for j in range(k):
             out.probabilities[..., j] = cls == j
-    for i, z in enumerate(slices):
-        if should_stop is not None and should_stop():
-            raise ModelError("refine cancelled")
-        z = int(z)
-        region = base_roi[z] | (strokes[z] > 0)
-        x_img = normalise_zscore(arr[z : z + 1], region[None])[0]
-        prob = _refine_slice(fit, z, region, strokes[z], x_img, spacing[1:], iterations)
-        cls = np.where(region, prob.argmax(-1), -1)
-        out.labels[z] = np.where(region, np.asarray(CLASS_VALUES)[np.maximum(cls, 0)], 0)
-        out.components[z] = cls.astype(out.components.dtype)
-        out.probabilities[z] = prob.astype(np.float32)
-        _update_slice_params(out, z, x_img, cls)
-        if progress is not None:
-            progress(Progress(i + 1, len(slices), i + 1, finished=slices[: i + 1].copy()))
+    from napari_gmmseg._threads import cpu_threads
+
+    with cpu_threads(1):  # a slice is a few thousand pixels: more threads only contend
+        for i, z in enumerate(slices):
+            if should_stop is not None and should_stop():
+                raise ModelError("refine cancelled")
+            z = int(z)
+            region = base_roi[z] | (strokes[z] > 0)
+            crop = _crop(region)
+            x_img = normalise_zscore(arr[z][crop][None], region[crop][None])[0]
+            prob_z = None if fit.probabilities is None else fit.probabilities[z][crop]
+            orig = _class_index(np.asarray(fit.labels[z])[crop])
+            cls_c, prob = _refine_slice(
+                prob_z, orig, region[crop], strokes[z][crop], x_img, spacing[1:], iterations
+            )
+            cls = np.full(region.shape, -1, dtype=np.int64)
+            cls[crop] = cls_c
+            out.labels[z] = np.where(region, np.asarray(CLASS_VALUES)[np.maximum(cls, 0)], 0)
+            out.components[z] = np.where(region, cls, out.components[z]).astype(
+                out.components.dtype
+            )
+            out.probabilities[z][crop] = prob.astype(np.float32)
+            x_full = np.zeros((*region.shape, arr.shape[-1]), dtype=np.float32)
+            x_full[crop] = x_img
+            _update_slice_params(out, z, x_full, cls)
+            if progress is not None:
+                progress(Progress(i + 1, len(slices), i + 1, finished=slices[: i + 1].copy()))
     changed = int(np.count_nonzero(out.labels != np.asarray(fit.labels)))
     s_cls = _class_index(strokes)
     summary = RefineSummary(
