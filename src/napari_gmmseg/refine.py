@@ -19,11 +19,13 @@ and for every slice a stroke touches:
    constraints (their Pi is one-hot, so their responsibility is that class up to the
    1e-8 floor of that EM, and it is set exactly afterwards);
 4. **spatial step**: :func:`skimage.segmentation.random_walker` on the slice's intensities,
-   seeded with the stroke pixels and with the pixels the EM is sure of (responsibility
-   >= :data:`SEED_CONFIDENCE`) farther than :data:`REACH_MM` from any stroke; every other
-   ROI pixel takes the class of the product of the walker's and the EM's probabilities, so a
-   correction spreads to connected pixels of similar intensity inside the ROI and stops at
-   intensity edges.
+   seeded with the stroke pixels and with the fit's labels farther than :data:`REACH_MM`
+   from any stroke;
+5. **what changes**: a stroke pixel takes its class; a pixel within :data:`REACH_MM` of a
+   stroke takes the class of the EM with the strokes when that differs from the fit, is a
+   stroked class or differs from the same EM without the strokes (the change is the strokes'
+   doing, not the refit's), and the random walker times the EM agrees. Everything else keeps
+   the fit's label, so a stroke that agrees with the result changes (almost) nothing.
 
 Slices no stroke touches keep their labels, probabilities and per-slice parameters
 bit for bit. Stroke pixels outside the fit's ROI join the ROI of their slice.
@@ -49,7 +51,6 @@ __all__ = [
     "REACH_MM",
     "RW_BETA",
     "SCRIBBLE_VALUES",
-    "SEED_CONFIDENCE",
     "RefineSummary",
     "check_scribbles",
     "last_summary",
@@ -63,10 +64,8 @@ SCRIBBLE_VALUES: tuple[int, ...] = (0, *CLASS_VALUES)
 #: Share of the uniform distribution mixed into the fit's probabilities before they become Pi.
 PI_FLOOR = 0.05
 #: Reach of a stroke (mm): the Gaussian fall-off of its Pi reweighting, and the distance
-#: beyond which the EM's sure pixels seed the random walker.
+#: beyond which the fit's labels are kept and seed the random walker.
 REACH_MM = 40.0
-#: EM responsibility above which a pixel seeds the random walker with its class.
-SEED_CONFIDENCE = 0.9
 #: ``beta`` of :func:`skimage.segmentation.random_walker` (larger: stops harder at edges).
 RW_BETA = 130.0
 #: Pseudo-count of the slice's class Gaussian in a stroke's Gaussian (pixels).
