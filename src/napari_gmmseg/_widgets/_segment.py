@@ -775,7 +775,8 @@ class SegmentWidget(QWidget):
         labels = np.asarray(layer.data)
         spacing = layer_spacing(layer)
         self._show_table(tissue_features(labels, float(np.prod(spacing)) / 1000.0))
-        self._show_burden(fit, labels, spacing, roi_source, edited=True)
+        edited = not np.array_equal(labels, fit.labels)
+        self._show_burden(fit, labels, spacing, roi_source, edited=edited)
 
     def _show_burden(
         self, fit: Fit, labels: np.ndarray, spacing, roi_source, edited: bool = False
