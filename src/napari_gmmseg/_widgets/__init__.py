@@ -1,4 +1,5 @@
-"""napari dock widgets: load a case, segment, inspect convergence, evaluate, export, report.
+"""napari dock widgets: load a case, segment, refine with scribbles,
+inspect convergence, evaluate, export, report.
 
 Each widget takes the viewer (``napari_viewer``) in its constructor and only
 calls the Qt-free core; no algorithm lives here.
@@ -8,6 +9,7 @@ from napari_gmmseg._widgets._evaluate import EvaluateWidget
 from napari_gmmseg._widgets._export import ExportWidget
 from napari_gmmseg._widgets._inspect import InspectWidget
 from napari_gmmseg._widgets._load import LoadCaseWidget
+from napari_gmmseg._widgets._refine import RefineWidget
 from napari_gmmseg._widgets._report import ReportWidget
 from napari_gmmseg._widgets._segment import SegmentWidget
 
@@ -16,6 +18,7 @@ __all__ = [
     "ExportWidget",
     "InspectWidget",
     "LoadCaseWidget",
+    "RefineWidget",
     "ReportWidget",
     "SegmentWidget",
 ]

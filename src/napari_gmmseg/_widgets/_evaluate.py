@@ -107,6 +107,12 @@ class EvaluateWidget(QWidget):
         layout.addWidget(self.summary)
         layout.addStretch(1)
         self._scored: tuple[Any, Any] | None = None  # the (segmentation, mask) in the table
+        from qtpy.QtCore import QTimer
+
+        self._timer = QTimer(self)  # numbers follow the labels: re-evaluate after an edit
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(300)
+        self._timer.timeout.connect(self._reevaluate)
         napari_viewer.layers.events.removed.connect(self._clear_if_stale)
         self.seg_layer.currentIndexChanged.connect(self._clear_if_stale)
         self.mask_layer.currentIndexChanged.connect(self._clear_if_stale)
@@ -119,6 +125,7 @@ class EvaluateWidget(QWidget):
         chosen = (self.seg_layer.layer(), self.mask_layer.layer())
         if seg in self.viewer.layers and mask in self.viewer.layers and chosen == (seg, mask):
             return
+        self._follow(None)
         self._scored = None
         self.rows = []
         self.table.setRowCount(0)
@@ -147,6 +154,7 @@ class EvaluateWidget(QWidget):
         seg, mask, pred, gt = self._arrays()
         spacing = layer_spacing(seg)
         rows = evaluate_labels(pred, gt, spacing)
+        self._follow((seg, mask))
         self._scored = (seg, mask)
         self.rows = [r for r in rows if r["level"] == "volume"]
         self.table.setRowCount(len(self.rows))
@@ -162,6 +170,23 @@ class EvaluateWidget(QWidget):
                 self.table.setItem(i, j, QTableWidgetItem(text))
         fit_table_height(self.table)
         self.summary.setText(self._summary_text({r["class"]: r for r in self.rows}))
+
+    def _follow(self, layers) -> None:
+        """Watch the edits of the scored layers (None: stop watching)."""
+        for lay in self._scored or ():
+            for name in ("data", "paint"):
+                getattr(lay.events, name).disconnect(self._labels_edited)
+        for lay in layers or ():
+            lay.events.data.connect(self._labels_edited)
+            lay.events.paint.connect(self._labels_edited)
+
+    def _labels_edited(self, *_args) -> None:
+        self.summary.setText("stale — recomputing (the labels changed)")
+        self._timer.start()
+
+    def _reevaluate(self) -> None:
+        if self._scored is not None:
+            self.evaluate()
 
     @staticmethod
     def _summary_text(by_class: dict[str, dict]) -> str:

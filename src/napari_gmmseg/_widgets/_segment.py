@@ -735,6 +735,7 @@ class SegmentWidget(QWidget):
         layer.metadata = metadata
         self._show_table(features)
         self._show_burden(fit, labels, spacing, request.roi_source)
+        self._follow(layer, fit, request.roi_source)
         if request.want_probabilities and fit.probabilities is not None:
             self._add_probabilities(request, fit, layer)
         return layer
@@ -757,12 +758,35 @@ class SegmentWidget(QWidget):
         self.status.setText("")
         self.burden.setText("")
 
-    def _show_burden(self, fit: Fit, labels: np.ndarray, spacing, roi_source) -> None:
+    def _follow(self, layer, fit: Fit, roi_source) -> None:
+        """Numbers follow the labels: the table and burden are recomputed on every edit."""
+        old = getattr(self, "_followed", None)
+        if old is not None:
+            for name in ("data", "paint"):
+                getattr(old[0].events, name).disconnect(self._labels_edited)
+        self._followed = (layer, fit, roi_source)
+        layer.events.data.connect(self._labels_edited)
+        layer.events.paint.connect(self._labels_edited)
+
+    def _labels_edited(self, *_args) -> None:
+        layer, fit, roi_source = self._followed
+        if self.running or layer is not self.last_output:
+            return
+        labels = np.asarray(layer.data)
+        spacing = layer_spacing(layer)
+        self._show_table(tissue_features(labels, float(np.prod(spacing)) / 1000.0))
+        edited = not np.array_equal(labels, fit.labels)
+        self._show_burden(fit, labels, spacing, roi_source, edited=edited)
+
+    def _show_burden(
+        self, fit: Fit, labels: np.ndarray, spacing, roi_source, edited: bool = False
+    ) -> None:
         from napari_gmmseg.accuracy import accuracy_note, burden_interval, burden_readout
 
         note = accuracy_note(fit.params, roi_source)
         interval = burden_interval(fit.params, roi_source, labels, spacing)
         prefix = "Partial (cancelled): " if fit.cancelled else ""
+        prefix += "Edited labels: " if edited else ""
         self.burden.setText(f"{prefix}{burden_readout(labels, spacing, interval)}.\n{note}")
 
     def _show_table(self, features) -> None:

@@ -43,6 +43,13 @@ def register(subparsers) -> None:
         help="label values of MASK that make up the ROI",
     )
     g.add_argument(
+        "--scribbles",
+        metavar="F.nii.gz",
+        help="tissue strokes on the bSSFP grid (0 nothing, 500 blood pool, 200 myocardium, "
+        "1220 edema, 2221 scar): the slices they touch are refitted with the strokes as hard "
+        "constraints (napari_gmmseg.refine.refine)",
+    )
+    g.add_argument(
         "--frame", type=int, default=None, help="time frame of 4-D (cine) images, from 0"
     )
     g.add_argument("--out", required=True, metavar="OUT.nii.gz", help="label map to write")
@@ -113,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         if path
     }
     case = io.load_case_from_paths(sequences, frame=args.frame, allow_resample=args.allow_resample)
+    scribbles = _read_scribbles(args.scribbles, case) if args.scribbles else None
     roi, rv = None, None
     if args.roi == "auto":
         roi, rv = _auto_roi(case, args)
@@ -161,7 +169,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            fit = _segment(segment, case, roi, args, presence, report, options)
+            fit = _segment(
+                segment, case, roi, args, presence, report, options, scribbles is not None
+            )
     except ExtremeIntensityError as exc:
         raise with_sources(exc, case.sources) from None
     for w in caught:  # one line each, no source line
@@ -172,6 +182,12 @@ def run(args: argparse.Namespace) -> int:
         clip = fit.params.get("clip", {})
         if any(clip.get("extreme_voxels", {}).values()):
             print(f"warning: clipped extreme voxels {clip['extreme_voxels']}", file=sys.stderr)
+    if scribbles is not None:
+        from napari_gmmseg.refine import last_summary, refine
+
+        fit = refine(fit, scribbles, case)
+        if not args.quiet:
+            print(last_summary(fit).message, file=sys.stderr)
     labels = fit.labels
     if rv is not None:  # the RV the automatic ROI found orients `report`'s AHA segments
         labels = np.where(rv & (labels == 0), np.int32(RV.value), labels).astype(labels.dtype)
@@ -218,7 +234,7 @@ def _check_request(args: argparse.Namespace) -> None:
     from napari_gmmseg.labels import DEFAULT_CHANNELS
     from napari_gmmseg.methods import get_method
 
-    inputs = (args.bssfp, args.lge, args.t2, args.roi, args.prior)
+    inputs = (args.bssfp, args.lge, args.t2, args.roi, args.prior, args.scribbles)
     inputs += tuple(getattr(args, n, None) for n in ("weights", "mu_data", "model"))
     nifti = (".nii.gz", ".nii")
     io.check_output(args.out, suffixes=nifti, force=args.force, inputs=inputs)
@@ -253,6 +269,28 @@ def _check_request(args: argparse.Namespace) -> None:
         raise RoiError("--roi auto finds the LV on the bSSFP image: give --bssfp")
 
 
+def _read_scribbles(path: str, case):
+    """The ``(Z, Y, X)`` int32 scribble map of ``path``, checked before any fit.
+
+    Raises
+    ------
+    GeometryError
+        Not on the bSSFP grid (what differs is named).
+    ModelError
+        Values other than 0, 500, 200, 1220, 2221.
+    """
+    from napari_gmmseg import io
+    from napari_gmmseg.errors import GeometryError
+    from napari_gmmseg.refine import check_scribbles
+
+    arr, geom = io.read_volume(path)  # drawn on one 3-D grid: no time frame
+    if not geom.same_grid(case.geometry):
+        raise GeometryError(
+            f"{path}: scribbles are not on the bSSFP grid ({geom.difference(case.geometry)})"
+        )
+    return check_scribbles(arr, case.shape, name=str(path))
+
+
 def _burden_lines(fit, spacing_mm, roi_source: str | None) -> str:
     """The clinical read-out of the labels and the error stated for it (or that none is)."""
     from napari_gmmseg.accuracy import accuracy_note, attach_interval, burden_readout
@@ -262,8 +300,8 @@ def _burden_lines(fit, spacing_mm, roi_source: str | None) -> str:
     return f"burden: {burden_readout(fit.labels, spacing_mm, interval)}\n  {note}"
 
 
-def _segment(segment, case, roi, args, presence, report, options):
-    """The fit itself, with the command-line options."""
+def _segment(segment, case, roi, args, presence, report, options, keep_probabilities=False):
+    """The fit itself, with the command-line options (soft maps kept for presence, refine)."""
     return segment(
         case.images,
         roi,
@@ -280,7 +318,7 @@ def _segment(segment, case, roi, args, presence, report, options):
         prior=args.prior,
         presence=presence,
         progress=None if args.quiet else report,
-        return_probabilities=presence is not None,
+        return_probabilities=presence is not None or keep_probabilities,
         extreme=args.extreme,
         **options,
     )
