@@ -222,6 +222,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", help="markdown file")
     ap.add_argument("--json", help="per-case rows and summaries")
+    ap.add_argument("--from-json", help="re-make the tables from a --json file (no segmentation)")
     ap.add_argument(
         "--write-accuracy",
         action="store_true",
@@ -229,7 +230,10 @@ def main() -> None:
     )
     args = ap.parse_args()
     configs = [c.strip() for c in args.configs.split(";") if c.strip()]
-    results = run(args.dataset, Path(args.models), configs, args.rois.split(","), args.seed)
+    if args.from_json:
+        results = json.loads(Path(args.from_json).read_text(encoding="utf-8"))["rows"]
+    else:
+        results = run(args.dataset, Path(args.models), configs, args.rois.split(","), args.seed)
     summaries = {r: {c: summarise(rows) for c, rows in cfg.items()} for r, cfg in results.items()}
     md = table(summaries)
     print(md)
@@ -240,7 +244,7 @@ def main() -> None:
     if args.write_accuracy:
         from napari_gmmseg.accuracy import ACCURACY_PATH
 
-        command = "python " + " ".join(sys.argv)
+        command = f"python benchmarks/cv_tissue.py {args.dataset} --models {args.models}"
         doc = json.loads(ACCURACY_PATH.read_text(encoding="utf-8"))
         new = accuracy_entries(summaries, command)
         keys = {(e["method"], e["roi"]) for e in new}

@@ -73,3 +73,14 @@ def test_the_default_classifier_on_cuda_matches_the_cpu(case, exact_float32):
     assert gpu.params["device"].startswith("cuda") and cpu.params["device"] == "cpu"
     assert _agreement(cpu.labels, gpu.labels, roi) > 0.999
     np.testing.assert_allclose(gpu.probabilities, cpu.probabilities, atol=1e-4)
+
+
+def test_the_default_tissue_network_on_cuda_matches_the_cpu(case, exact_float32):
+    """The ensemble, the crops and the per-slice adaptation run on the chosen device."""
+    roi = case.roi()
+    kw = dict(channels=case.channels, spacing_mm=case.spacing_mm)  # default: tissue-net
+    cpu = segment(case.images, roi, device="cpu", **kw)
+    gpu = segment(case.images, roi, device="cuda", **kw)
+    assert gpu.params["method"] == "tissue-net" and gpu.params["device"].startswith("cuda")
+    assert _agreement(cpu.labels, gpu.labels, roi) > 0.999
+    np.testing.assert_allclose(gpu.probabilities, cpu.probabilities, atol=1e-3)

@@ -46,7 +46,7 @@ OUTPUT_CLASSES = ("blood pool", "myocardium", "edema", "scar", "outside")
 Z_CLIP = 8.0
 #: The shipped ensemble and its checksum (the file is refused if it differs).
 SHIPPED_PATH = Path(__file__).resolve().parent.parent / "data" / "tissue_net.npz"
-SHIPPED_SHA256 = ""
+SHIPPED_SHA256 = "8dcfba8987591851347cabd79afe77d1d0cf2c9a02d327e4f6ae232430a6c5e4"
 
 
 @dataclass(frozen=True)
