@@ -30,7 +30,9 @@ def main() -> None:
     ap.add_argument("dataset")
     ap.add_argument("--method", default=DEFAULT_METHOD)
     args = ap.parse_args()
-    print("| case | slices passing QC | ROI s | method s | scar % (95 % interval) | edema % | scar + edema % |")
+    print(
+        "| case | slices passing QC | ROI s | method s | scar % (95 % interval) | edema % | scar + edema % |"
+    )
     print("|---|---|---|---|---|---|---|")
     rows = []
     for src in discover_cases(args.dataset):
