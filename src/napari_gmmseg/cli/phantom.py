@@ -29,7 +29,7 @@ def register(subparsers) -> None:
         "--healthy", type=int, default=0, help="how many cases (the last ones) have no infarct"
     )
     p.add_argument(
-        "--noise", type=float, default=0.08, help="Rician noise sigma / myocardial signal"
+        "--noise", type=float, default=0.10, help="Rician noise sigma / myocardial signal"
     )
     p.add_argument(
         "--contrast", type=float, default=1.0, help="tissue contrast scale (1 = calibrated)"

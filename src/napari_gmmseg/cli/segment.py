@@ -184,7 +184,7 @@ def _burden_lines(fit, spacing_mm, roi_source: str | None) -> str:
     from napari_gmmseg.accuracy import accuracy_note, burden_readout
 
     note = accuracy_note(fit.params, roi_source)
-    return f"burden: {burden_readout(fit.labels, spacing_mm)}\n  {note}"
+    return f"burden: {burden_readout(fit.labels, spacing_mm, fit.params)}\n  {note}"
 
 
 def _segment(segment, case, roi, args, presence, report, options):
