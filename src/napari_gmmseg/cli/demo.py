@@ -12,6 +12,7 @@ from napari_gmmseg.cli.evaluate import (
     add_presence_options,
     method_options,
     presence_rule,
+    write_tables,
 )
 
 #: What the bundled sample is, said in the demo's output.
@@ -64,16 +65,13 @@ def _run(args: argparse.Namespace) -> int:
         methods,
         out,
         force=not args.resume,
-        progress=not args.no_progress,
+        progress=not args.quiet,
         options=options,
         presence=presence_rule(args),
     )
     print()
     print_report(result, out)
-    from napari_gmmseg.batch import _atomic_write_text
-
-    _atomic_write_text(out / "tables.md", f"```\n{result.table.rstrip()}\n```\n")
-    print(f"tables:     {out / 'tables.md'}")
+    write_tables(result, out)
     print(f"total wall time {result.summary['wall_seconds']:.1f} s", file=sys.stderr)
     return 1 if result.failures else 0
 
@@ -90,7 +88,9 @@ def register(subparsers) -> None:
     p.add_argument("--data", default=None, help="dataset folder (default: the repo's sample_data/)")
     p.add_argument("--methods", default=",".join(KNOWN_METHODS), help="methods to run")
     p.add_argument("--resume", action="store_true", help="reuse label maps already in --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from napari_gmmseg.cli._common import add_quiet_option
+
+    add_quiet_option(p)
     add_method_options(p)
     add_presence_options(p)
     p.set_defaults(func=_run)

@@ -16,7 +16,6 @@ def register(subparsers) -> None:
             "OUT/train25_myops_gd/myops_training_<id>_gd.nii.gz (ids from --first-id). "
             "Existing files are never replaced unless --force is given."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("out", metavar="OUT", help="dataset folder to write")
     p.add_argument("--cases", type=int, default=3, help="number of cases")

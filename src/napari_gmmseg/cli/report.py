@@ -64,18 +64,21 @@ def _run(args: argparse.Namespace) -> int:
         mlab = _read_on_grid(args.mask, geometry, "the manual mask", labels=True)
         ref = compute_report(mlab, geometry.spacing_mm, geometry.affine, **kw)
         manual = (ref, mlab)
-    rep = compute_report(labels, geometry.spacing_mm, geometry.affine, reference=ref, **kw)
-    title = args.title or Path(args.labels).name
-    files = write_report(
-        out,
-        rep,
-        labels,
-        geometry,
-        image_zyx=image,
-        manual=manual,
-        title=title,
-        overwrite=args.force,
-    )
+    from napari_gmmseg.cli._common import step
+
+    with step("AHA segments and report page", quiet=args.quiet):
+        rep = compute_report(labels, geometry.spacing_mm, geometry.affine, reference=ref, **kw)
+        title = args.title or Path(args.labels).name
+        files = write_report(
+            out,
+            rep,
+            labels,
+            geometry,
+            image_zyx=image,
+            manual=manual,
+            title=title,
+            overwrite=args.force,
+        )
     t = rep.totals
     print(
         f"LV myocardium {t['myocardium_ml']:.1f} mL, scar {t['scar_ml']:.1f} mL "
@@ -97,7 +100,7 @@ def register(subparsers) -> None:
         help="AHA 17-segment burden, transmurality, bullseye and a one-page case report",
         description=(
             "From a MyoPS-valued label map (a segmentation or a manual mask) write OUT/segments.csv "
-            "(myocardium, scar and edema mL and %% per AHA segment, scar transmurality), "
+            "(myocardium, scar and edema mL and % per AHA segment, scar transmurality), "
             "OUT/slices.csv, OUT/segments.nii.gz (segment 1-17 on every myocardium voxel, source "
             "geometry), OUT/bullseye.png and OUT/report.pdf + report.png (one page). Slices are "
             "oriented by the RV insertion points found from the RV blood pool (600), else by "
@@ -134,4 +137,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--title", default=None, help="report title (default: the label file name)")
     p.add_argument("--force", action="store_true", help="replace existing outputs")
+    from napari_gmmseg.cli._common import add_quiet_option
+
+    add_quiet_option(p)
     p.set_defaults(func=_run)

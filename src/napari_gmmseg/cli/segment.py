@@ -5,21 +5,23 @@ from __future__ import annotations
 import argparse
 import sys
 
-from napari_gmmseg.methods import COVARIANCE_TYPES, DEFAULT_METHOD, INITS, METHODS
+from napari_gmmseg.methods import DEFAULT_METHOD, INITS, METHODS
 
 
 def register(subparsers) -> None:
     """Add the ``segment`` sub-command."""
+    from napari_gmmseg.cli._common import add_mixture_options, add_quiet_option
+
     p = subparsers.add_parser(
         "segment",
         help="segment blood pool, myocardium, edema and scar of one case",
         description=(
-            "Fit a mixture (or a deep method) to the pixels of every slice inside the "
-            "ROI and write the label map (MyoPS values: 500 blood pool, 200 myocardium, "
-            "1220 edema, 2221 scar) on the bSSFP grid. Without --roi whole slices are "
-            "segmented."
+            "Label every pixel inside the ROI (the LV: blood pool and myocardium) of each "
+            "slice as blood pool, healthy myocardium, edema or scar, write the label map "
+            "(MyoPS values: 500 blood pool, 200 myocardium, 1220 edema, 2221 scar) on the "
+            "bSSFP grid and print the burden with its stated error. Without --roi whole "
+            "slices are segmented."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("input and output")
     g.add_argument("--bssfp", metavar="F", help="bSSFP (C0) image; the reference grid")
@@ -47,7 +49,7 @@ def register(subparsers) -> None:
     )
     g.add_argument("--out", required=True, metavar="OUT.nii.gz", help="label map to write")
     g.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
-    g.add_argument("--quiet", action="store_true", help="no progress or summary on stderr/stdout")
+    add_quiet_option(g)
     m = p.add_argument_group("method")
     m.add_argument(
         "--method",
@@ -55,7 +57,7 @@ def register(subparsers) -> None:
         default=DEFAULT_METHOD,
         help=f"default {DEFAULT_METHOD} (best cross-validated); gmm, svgmm, ... are the paper's",
     )
-    m.add_argument("--classes", type=int, default=4, help="mixture components K")
+    add_mixture_options(m, classes=4, covariance="diag")
     m.add_argument("--init", choices=INITS, default="kmeans++", help="EM initialisation")
     m.add_argument(
         "--tol", type=float, default=1e-3, help="stop a slice when |dNLL| < tol (0: never)"
@@ -63,7 +65,6 @@ def register(subparsers) -> None:
     m.add_argument("--max-iter", type=int, default=100, help="EM iteration limit")
     m.add_argument("--seed", type=int, default=0, help="seed of every random step")
     m.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    m.add_argument("--covariance", choices=COVARIANCE_TYPES, default="diag")
     m.add_argument(
         "--per-volume",
         action="store_true",
@@ -139,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
 
     def report(p) -> None:
         print(
-            f"\r  iteration {p.iteration}: {p.slices_done}/{p.slices_total} slices done",
+            f"\r  {p.slices_done}/{p.slices_total} slices finished (iteration {p.iteration})",
             end="",
             file=sys.stderr,
             flush=True,
@@ -149,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
 
     if get_method(args.method).accepts("spacing_mm"):
         options["spacing_mm"] = case.spacing_mm  # the wall-first radii are in mm
+    if not args.quiet:
+        print(f"segmenting with {args.method} ...", file=sys.stderr, flush=True)
     try:
         fit = _segment(segment, case, roi, args, presence, report, options)
     except ExtremeIntensityError as exc:
@@ -162,21 +165,31 @@ def run(args: argparse.Namespace) -> int:
     if rv is not None:  # the RV the automatic ROI found orients `report`'s AHA segments
         labels = np.where(rv & (labels == 0), np.int32(RV.value), labels).astype(labels.dtype)
     path = io.save_labels(labels, case.geometry, out, overwrite=args.force)
-    if not args.quiet:
-        vals, counts = np.unique(labels[labels > 0], return_counts=True)
-        summary = ", ".join(f"{int(v)}: {int(c)}" for v, c in zip(vals, counts, strict=True))
-        clip = fit.params.get("clip", {})
-        n_clip = sum(clip.get("clipped_voxels", {}).values())
-        lo, hi = clip.get("percentiles") or (0, 100)
-        print(
-            f"{args.method}: {len(fit.slice_index)} slices, mean {np.mean(fit.n_iter_):.1f} "
-            f"iterations, fit {fit.seconds:.2f} s, total {time.perf_counter() - t0:.2f} s; "
-            f"{n_clip} ROI intensities clipped (statistics) to the {lo:g}-{hi:g} percentiles; "
-            f"wrote {path} ({summary})"
-        )
-        roi_source = None if args.roi is None else "auto" if args.roi == "auto" else "manual"
-        print(_burden_lines(fit, case.spacing_mm, roi_source))
+    # the summary is the result: printed even with --quiet
+    vals, counts = np.unique(labels[labels > 0], return_counts=True)
+    summary = ", ".join(f"{int(v)}: {int(c)}" for v, c in zip(vals, counts, strict=True))
+    clip = fit.params.get("clip", {})
+    n_clip = sum(clip.get("clipped_voxels", {}).values())
+    lo, hi = clip.get("percentiles") or (0, 100)
+    print(
+        f"{args.method}: {len(fit.slice_index)} slices, "
+        f"{_iterations_text(fit)}, fit {fit.seconds:.2f} s, total {time.perf_counter() - t0:.2f} s; "
+        f"{n_clip} ROI intensities clipped (statistics) to the {lo:g}-{hi:g} percentiles; "
+        f"wrote {path} ({summary})"
+    )
+    roi_source = None if args.roi is None else "auto" if args.roi == "auto" else "manual"
+    print(_burden_lines(fit, case.spacing_mm, roi_source))
     return 0
+
+
+def _iterations_text(fit) -> str:
+    """``"mean 10.0 EM iterations per slice"``, or nothing to say for a method without any."""
+    import numpy as np
+
+    n_iter = np.asarray(fit.n_iter_, dtype=float)
+    if n_iter.size == 0 or not np.isfinite(fit.nll_history).any():
+        return "no iterations (a single pass)"
+    return f"mean {n_iter.mean():.1f} iterations per slice"
 
 
 def _burden_lines(fit, spacing_mm, roi_source: str | None) -> str:
@@ -194,8 +207,8 @@ def _segment(segment, case, roi, args, presence, report, options):
         roi,
         channels=case.channels,
         method=args.method,
-        n_classes=args.classes,
-        covariance_type=args.covariance,
+        n_classes=args.n_classes,
+        covariance_type=args.covariance_type,
         init=args.init,
         tol=args.tol,
         max_iter=args.max_iter,
@@ -225,9 +238,12 @@ def _auto_roi(case, args: argparse.Namespace):
 
     if args.roi_out and Path(args.roi_out).exists() and not args.force:
         raise OutputExistsError(f"{args.roi_out} exists (use --force to overwrite)")
-    auto = find_roi(case.images, case.channels, case.spacing_mm)
+    from napari_gmmseg.cli._common import step
+
+    with step("automatic ROI (finding the LV in the bSSFP image)", quiet=args.quiet):
+        auto = find_roi(case.images, case.channels, case.spacing_mm)
     if not args.quiet:
-        print(f"automatic ROI ({auto.seconds:.1f} s):\n{format_qc(auto.qc)}", file=sys.stderr)
+        print(f"automatic ROI QC:\n{format_qc(auto.qc)}", file=sys.stderr)
     if args.roi_out:
         io.save_labels(auto.labels, case.geometry, args.roi_out, overwrite=args.force)
     if not auto.roi.any():
