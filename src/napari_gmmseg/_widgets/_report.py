@@ -62,6 +62,19 @@ def segment_colormap():
     return DirectLabelColormap(color_dict=colors)
 
 
+def _dark_theme(viewer) -> bool:
+    """Whether napari shows a dark theme (the figure then draws light text)."""
+    try:
+        from napari.utils.theme import get_theme
+
+        theme = get_theme(viewer.theme)
+        background = theme.background.as_hex()
+    except Exception:  # an unknown theme: assume napari's default, dark
+        return True
+    r, g, b = (int(background[i : i + 2], 16) for i in (1, 3, 5))
+    return 0.299 * r + 0.587 * g + 0.114 * b < 128
+
+
 def newest_segmentation(viewer):
     """The segmentation layer added last (a Segment dock output), or None."""
     import napari
@@ -248,7 +261,7 @@ class ReportWidget(QWidget):
         )
         self.report = rep
         self.figure.clear()
-        bullseye_figure([(layer.name, rep)], fig=self.figure)
+        bullseye_figure([(layer.name, rep)], fig=self.figure, dark=_dark_theme(self.viewer))
         self.canvas.draw_idle()
         self._fill_table(rep)
         self._segment_layer(layer, rep, geometry)

@@ -33,6 +33,16 @@ def _read_on_grid(path: str, geometry, what: str, labels: bool):
     return arr
 
 
+def _case_name(path: str) -> str:
+    """The case a label file belongs to: its MyoPS id (``myops_training_1001_gd`` -> 1001),
+    else the file name without its suffixes."""
+    import re
+
+    name = Path(path).name
+    found = re.search(r"_(\d+)_", name)
+    return found.group(1) if found else name.split(".")[0]
+
+
 def _run(args: argparse.Namespace) -> int:
     from napari_gmmseg.errors import GeometryError
     from napari_gmmseg.io import load_case, read_labels
@@ -68,7 +78,12 @@ def _run(args: argparse.Namespace) -> int:
 
     with step("AHA segments and report page", quiet=args.quiet):
         rep = compute_report(labels, geometry.spacing_mm, geometry.affine, reference=ref, **kw)
-        title = args.title or Path(args.labels).name
+        from napari_gmmseg.report.figures import report_details
+
+        case_name = _case_name(args.labels)
+        title = args.title or f"Case {case_name}: scar and edema, AHA 17 segments"
+        details = report_details(case_name, labels, geometry.spacing_mm)
+        details.insert(1, ("label map", str(args.labels)))
         files = write_report(
             out,
             rep,
@@ -78,6 +93,7 @@ def _run(args: argparse.Namespace) -> int:
             manual=manual,
             title=title,
             overwrite=args.force,
+            details=details,
         )
     t = rep.totals
     print(
@@ -135,7 +151,9 @@ def register(subparsers) -> None:
         default="auto",
         help="which end of the stack is the apex (default auto: where the LV is smaller)",
     )
-    p.add_argument("--title", default=None, help="report title (default: the label file name)")
+    p.add_argument(
+        "--title", default=None, help="report title (default: the case id and what it shows)"
+    )
     p.add_argument("--force", action="store_true", help="replace existing outputs")
     from napari_gmmseg.cli._common import add_quiet_option
 
