@@ -118,7 +118,7 @@ def is_plugin_dock(dock) -> bool:
     return bool(getattr(inner, "gmmseg_dock", False))
 
 
-def tabify_with_plugin_docks(widget: QWidget) -> None:
+def tabify_with_plugin_docks(widget: QWidget) -> bool:
     """Put the dock holding ``widget`` in one tab group with the plugin's other docks.
 
     Called once the dock exists (napari wraps the widget after constructing it), whether it
@@ -131,17 +131,17 @@ def tabify_with_plugin_docks(widget: QWidget) -> None:
     while dock is not None and not isinstance(dock, QDockWidget):
         dock = dock.parent()
     if dock is None:
-        return
+        return False  # not docked yet
     main = dock.parent()
     if not isinstance(main, QMainWindow):
-        return
+        return False
     area = main.dockWidgetArea(dock)
     others = [
         d
         for d in main.findChildren(QDockWidget)
         if d is not dock
         and not d.isFloating()
-        and d.isVisible()
+        and not d.isHidden()
         and is_plugin_dock(d)
         and main.dockWidgetArea(d) == area
     ]
@@ -149,6 +149,7 @@ def tabify_with_plugin_docks(widget: QWidget) -> None:
         main.tabifyDockWidget(others[0], dock)
         dock.show()
         dock.raise_()
+    return True
 
 
 def schedule_tabify(widget: QWidget) -> None:
@@ -157,12 +158,13 @@ def schedule_tabify(widget: QWidget) -> None:
 
     widget.gmmseg_dock = True  # type: ignore[attr-defined]
 
-    def later() -> None:
-        import contextlib
-
-        # RuntimeError: the widget was deleted before the event loop came round
-        with contextlib.suppress(RuntimeError):
-            tabify_with_plugin_docks(widget)
+    def later(tries: int = 20) -> None:
+        try:
+            docked = tabify_with_plugin_docks(widget)
+        except RuntimeError:  # the widget was deleted before the event loop came round
+            return
+        if not docked and tries > 1:  # napari docks it a moment after constructing it
+            QTimer.singleShot(50, lambda: later(tries - 1))
 
     QTimer.singleShot(0, later)
 
