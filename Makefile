@@ -7,7 +7,11 @@ PYTHON      ?= python3
 VENV        ?= .venv
 TORCH_SPEC  ?= torch==2.13.0
 BIN         := $(VENV)/bin
-STAMP       := $(VENV)/.napari-gmmseg-installed
+# Two stamps: the runtime install (what `make demo` needs) and the testing
+# extra on top of it (what `make test` needs), so a demo never pulls pytest,
+# a Qt binding, scikit-learn or dask.
+STAMP       := $(VENV)/.napari-gmmseg-runtime
+TEST_STAMP  := $(VENV)/.napari-gmmseg-testing
 XVFB        := $(shell command -v xvfb-run 2>/dev/null)
 
 .PHONY: demo test lint bench screenshot napari sysdeps clean
@@ -16,6 +20,10 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(if $(TORCH_SPEC),$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)")
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(TEST_STAMP): $(STAMP) pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[testing]"
 	touch $@
 
@@ -24,21 +32,21 @@ demo: $(STAMP)
 	$(BIN)/napari-gmmseg demo --out results
 
 ## Run the whole test suite headless (GUI tests in a real viewer under Xvfb)
-test: $(STAMP) sysdeps
+test: $(TEST_STAMP) sysdeps
 	xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/python -m pytest
 
 ## Open napari with the plugin
-napari: $(STAMP)
+napari: $(TEST_STAMP)
 	$(BIN)/napari -w napari-gmmseg
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/ruff format --check src tests benchmarks scripts
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_engine.py
 
-screenshot: $(STAMP) sysdeps
+screenshot: $(TEST_STAMP) sysdeps
 	xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/python scripts/screenshot.py docs/screenshot.png
 
 ## Debian packages napari needs for a virtual display with OpenGL (root only)

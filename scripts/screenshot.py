@@ -6,7 +6,8 @@ does not work)::
     xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/screenshot.py docs/screenshot.png
 
 It opens the bundled sample case 1001 (``sample_data/``) with the plugin's
-reader, docks the Segment and Inspect widgets, segments with SVGMM inside the LV
+reader, docks the Segment and Inspect widgets (one tab group), segments with the default
+method inside the LV
 ROI of the mask, waits for the thread worker, zooms on the left ventricle of a
 slice with scar and saves the whole window (``viewer.screenshot(canvas_only=False)``).
 """
@@ -37,13 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     """Make the screenshot; returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="output PNG")
-    parser.add_argument("--method", default="svgmm", help="segmentation method (default svgmm)")
+    parser.add_argument(
+        "--method", default="tissue-classifier", help="segmentation method (default: the default)"
+    )
     parser.add_argument("--size", default="1600x1000", help="window size WxH (default 1600x1000)")
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.lower().split("x"))
 
     import napari
-    from qtpy.QtCore import Qt
     from qtpy.QtWidgets import QApplication
 
     from napari_gmmseg._widgets import InspectWidget, SegmentWidget
@@ -68,8 +70,11 @@ def main(argv: list[str] | None = None) -> int:
     segment = SegmentWidget(viewer)
     inspect = InspectWidget(viewer)
     seg_dock = viewer.window.add_dock_widget(segment, name="Segment", area="right")
-    insp_dock = viewer.window.add_dock_widget(inspect, name="Inspect", area="right")
-    qt_window.splitDockWidget(seg_dock, insp_dock, Qt.Orientation.Horizontal)  # side by side
+    viewer.window.add_dock_widget(inspect, name="Inspect", area="right")
+    from napari_gmmseg._widgets._common import tabify_with_plugin_docks
+
+    app.processEvents()
+    tabify_with_plugin_docks(inspect)  # as the Plugins menu and `napari -w` give them
     index = segment.method.findData(args.method)
     if index < 0:
         parser.error(f"unknown method {args.method!r}")
@@ -104,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     extent = (hi - lo) * 2.0
     viewer.scene.camera.zoom = float(np.min(canvas_size / extent))
     viewer.layers.selection.active = out
+    seg_dock.raise_()
     for _ in range(30):
         app.processEvents()
         time.sleep(0.02)

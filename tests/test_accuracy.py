@@ -97,15 +97,44 @@ def test_burden_readout_gives_volumes_and_percent_of_lv_myocardium():
     labels[1, 3:8] = 500  # blood: not myocardium
     text = burden_readout(labels, (10.0, 2.0, 2.0))  # 40 uL per voxel
     # myocardium 100 voxels = 4.0 mL; scar 0.8 mL = 20 %; edema 1.2 mL = 30 %
+    # area at risk = scar ∪ edema = 50 %; salvage index (50 - 20) / 50 = 60 %
     assert text == (
         "LV myocardium 4.0 mL; scar 0.8 mL (20.0 % of LV myocardium); edema 1.2 mL (30.0 %); "
-        "scar + edema 50.0 %"
+        "area at risk 50.0 %; salvage index 60 % of the area at risk"
     )
-    interval = {"scar_pct": [12.0, 27.0], "edema_pct": [20.0, 41.0]}
-    text = burden_readout(labels, (10.0, 2.0, 2.0), interval)
-    assert "scar 0.8 mL (20.0 %, 95 % interval 12-27 % of LV myocardium)" in text
-    assert "edema 1.2 mL (30.0 %, 95 % interval 20-41 %)" in text
     assert "no burden" in burden_readout(np.zeros((1, 4, 4), dtype=np.int32), (1, 1, 1))
+
+
+def test_burden_readout_shows_a_reported_interval_and_nothing_without_one():
+    from napari_gmmseg.accuracy import burden_summary
+
+    labels = np.zeros((1, 10, 10), dtype=np.int32)
+    labels[0, :5] = 200
+    labels[0, 5:7] = 2221
+    labels[0, 7:] = 1220
+    interval = {"scar_pct": [15.0, 25.5], "edema_pct": [20, 40], "area_at_risk_pct": [40, 60]}
+    with_ci = burden_summary(labels, (1, 1, 1), {"burden_interval": interval})
+    assert with_ci.pct("scar_pct") == "20.0 % (95 % interval 15.0-25.5)"
+    assert "95 % interval 20.0-40.0" in with_ci.headline()
+    assert "95 % interval 40.0-60.0" in burden_readout(labels, (1, 1, 1), with_ci_params(interval))
+    plain = burden_summary(labels, (1, 1, 1), {"method": "gmm"})
+    assert plain.interval == {} and "interval" not in plain.line()
+    assert plain.headline() == "scar 20.0 %   edema 30.0 %"
+    # a malformed entry is ignored, not shown
+    assert burden_summary(labels, (1, 1, 1), {"burden_interval": {"scar_pct": "x"}}).interval == {}
+
+
+def with_ci_params(interval):
+    return {"burden_interval": interval}
+
+
+def test_salvage_index_is_the_unscarred_share_of_the_area_at_risk():
+    from napari_gmmseg.metrics import salvage_index
+
+    assert salvage_index(20.0, 50.0) == pytest.approx(0.6)
+    assert salvage_index(0.0, 30.0) == 1.0
+    assert np.isnan(salvage_index(0.0, 0.0))
+    assert np.isnan(salvage_index(float("nan"), 10.0))
 
 
 def test_segment_cli_prints_the_burden_and_its_stated_error(real_data_dir, tmp_path, capsys):

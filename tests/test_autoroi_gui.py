@@ -43,7 +43,7 @@ def test_automatic_roi_layer_is_used_and_its_edit_reaches_the_rerun(
 
     first = run()
     auto = widget.roi_layer.layer()  # the new layer is chosen for re-runs
-    assert auto is not None and auto.name == AUTO_LAYER_NAME and is_auto_layer(auto)
+    assert auto is not None and auto.name.endswith(AUTO_LAYER_NAME) and is_auto_layer(auto)
     np.testing.assert_allclose(auto.scale, case.spacing_mm)
     assert roi_dice(auto.data, case.labels)["lv"] > 0.85
     lv = np.isin(auto.data, (500, 200))
@@ -60,8 +60,8 @@ def test_automatic_roi_layer_is_used_and_its_edit_reaches_the_rerun(
     assert not first[added].any()
     n_layers = len(viewer.layers)
     second = run()
-    assert widget.roi_layer.layer().name == AUTO_LAYER_NAME
-    assert [lay.name for lay in viewer.layers].count(AUTO_LAYER_NAME) == 1
+    assert widget.roi_layer.layer().name.endswith(AUTO_LAYER_NAME)
+    assert sum(lay.name.endswith(AUTO_LAYER_NAME) for lay in viewer.layers) == 1
     assert len(viewer.layers) == n_layers + 1  # only the new segmentation
     assert (second[added] > 0).all(), "the re-run ignored the edited ROI"
     roi = np.isin(auto.data, (500, 200))

@@ -32,14 +32,18 @@ from napari_gmmseg.errors import ModelError
 
 __all__ = [
     "ACCURACY_PATH",
+    "INTERVAL_KEYS",
     "NOT_MEASURED",
     "ROI_SOURCES",
+    "BurdenSummary",
     "StatedAccuracy",
     "accuracy_note",
     "attach_interval",
     "burden_interval",
     "burden_readout",
+    "burden_summary",
     "interval_from_residuals",
+    "stated_interval",
     "load_stated_accuracy",
     "stated_accuracy_for",
 ]
@@ -185,8 +189,13 @@ def accuracy_note(params: Mapping[str, object], roi: str | None) -> str:
     return NOT_MEASURED if accuracy is None else accuracy.sentence()
 
 
-#: Burden quantities that get an interval (keys of :func:`napari_gmmseg.metrics.burden`).
-INTERVAL_QUANTITIES = ("scar_pct", "edema_pct", "scar_edema_pct")
+#: Interval key (:data:`INTERVAL_KEYS`) -> the :func:`napari_gmmseg.metrics.burden` quantity
+#: whose cross-validated residuals it is made from (``residual_quantiles`` keys).
+INTERVAL_QUANTITIES = {
+    "scar_pct": "scar_pct",
+    "edema_pct": "edema_pct",
+    "area_at_risk_pct": "scar_edema_pct",
+}
 
 
 def interval_from_residuals(
@@ -211,7 +220,7 @@ def interval_from_residuals(
     return max(0.0, lo - extra), min(100.0, hi + extra)
 
 
-def burden_interval(
+def stated_interval(
     params: Mapping[str, object],
     roi: str | None,
     labels: np.ndarray,
@@ -233,7 +242,8 @@ def burden_interval(
     Returns
     -------
     dict or None
-        ``{quantity: [low, high]}`` for :data:`INTERVAL_QUANTITIES` (% of LV myocardium).
+        ``{key: [low, high]}`` for the keys of :data:`INTERVAL_KEYS` (% of LV myocardium),
+        the format of ``Fit.params["burden_interval"]`` (:func:`burden_interval`).
     """
     from napari_gmmseg.metrics import burden
 
@@ -243,21 +253,21 @@ def burden_interval(
     b = burden(labels, spacing_mm)
     members = list(params.get("member_burden") or [])  # type: ignore[call-overload]
     out = {}
-    for q in INTERVAL_QUANTITIES:
+    for key, q in INTERVAL_QUANTITIES.items():
         if q not in accuracy.residual_quantiles or not math.isfinite(b[q]):
             continue
         sd = float(np.std([m[q] for m in members], ddof=1)) if len(members) > 1 else 0.0
         q_low, q_high = accuracy.residual_quantiles[q]
-        out[q] = [round(v, 2) for v in interval_from_residuals(b[q], q_low, q_high, sd)]
+        out[key] = [round(v, 2) for v in interval_from_residuals(b[q], q_low, q_high, sd)]
     return out or None
 
 
 def attach_interval(
     fit: Any, roi: str | None, spacing_mm: Sequence[float]
 ) -> dict[str, list[float]] | None:
-    """Set and return ``fit.params["burden_interval"]`` (:func:`burden_interval`; None when
+    """Set and return ``fit.params["burden_interval"]`` (:func:`stated_interval`; None when
     no error was measured for the fit's settings)."""
-    interval = burden_interval(fit.params, roi, fit.labels, spacing_mm)
+    interval = stated_interval(fit.params, roi, fit.labels, spacing_mm)
     fit.params["burden_interval"] = interval
     return interval
 
@@ -277,12 +287,117 @@ def _segment_defaults() -> dict[str, object] | None:
     return {name: sig[name].default for name in names}
 
 
-def burden_readout(
-    labels: np.ndarray,
-    spacing_mm: Sequence[float],
-    interval: Mapping[str, Sequence[float]] | None = None,
-) -> str:
-    """The clinical read-out of a MyoPS label map in one line.
+#: Keys of ``Fit.params["burden_interval"]`` (a method that reports its uncertainty):
+#: each maps to ``[low, high]``, the 95 % interval of that burden in % of LV myocardium.
+INTERVAL_KEYS: tuple[str, ...] = ("scar_pct", "edema_pct", "area_at_risk_pct")
+
+
+@dataclass(frozen=True)
+class BurdenSummary:
+    """The clinical read-out of one label map: what the docks, the CLI and the report show.
+
+    Attributes
+    ----------
+    myocardium_ml, scar_ml, edema_ml : float
+        LV myocardium (200 + 1220 + 2221), scar (2221) and edema (1220) volumes in mL.
+    scar_pct, edema_pct : float
+        Infarct size and edema in % of LV myocardium (NaN without myocardium).
+    area_at_risk_pct : float
+        Area at risk, scar ∪ edema, in % of LV myocardium.
+    salvage_index : float
+        Myocardial salvage index, (area at risk - infarct) / area at risk, 0-1 (NaN
+        without an area at risk; :func:`napari_gmmseg.metrics.salvage_index`).
+    interval : dict
+        ``{key: (low, high)}`` 95 % intervals (% of LV myocardium) for the keys of
+        :data:`INTERVAL_KEYS` the method reported; empty when it reports none.
+    """
+
+    myocardium_ml: float
+    scar_ml: float
+    edema_ml: float
+    scar_pct: float
+    edema_pct: float
+    area_at_risk_pct: float
+    salvage_index: float
+    interval: dict[str, tuple[float, float]]
+
+    @property
+    def has_myocardium(self) -> bool:
+        """Whether any LV myocardium is labelled (else there is no burden)."""
+        return self.myocardium_ml > 0
+
+    def pct(self, key: str) -> str:
+        """``"12.3 %"`` or ``"12.3 % (95 % interval 8.1-15.0)"`` for a key of
+        :data:`INTERVAL_KEYS`; ``"n/a"`` when not finite."""
+        value = float(getattr(self, key))
+        if not math.isfinite(value):
+            return "n/a"
+        text = f"{value:.1f} %"
+        if key in self.interval:
+            lo, hi = self.interval[key]
+            text += f" (95 % interval {lo:.1f}-{hi:.1f})"
+        return text
+
+    def salvage(self) -> str:
+        """The salvage index in words (``"60 % of the area at risk"`` or ``"n/a"``)."""
+        v = self.salvage_index
+        return "n/a" if not math.isfinite(v) else f"{100 * v:.0f} % of the area at risk"
+
+    def headline(self) -> str:
+        """Scar and edema burden in one short line (the dock's large-type read-out)."""
+        if not self.has_myocardium:
+            return "no LV myocardium labelled: no burden"
+        return f"scar {self.pct('scar_pct')}   edema {self.pct('edema_pct')}"
+
+    def rows(self) -> list[tuple[str, str]]:
+        """``(name, value)`` rows in the clinic's words, for tables and the report page."""
+        if not self.has_myocardium:
+            return [("burden", "no LV myocardium labelled")]
+        return [
+            ("infarct size (scar)", f"{self.pct('scar_pct')} · {self.scar_ml:.1f} mL"),
+            ("edema", f"{self.pct('edema_pct')} · {self.edema_ml:.1f} mL"),
+            ("area at risk (scar ∪ edema)", self.pct("area_at_risk_pct")),
+            ("myocardial salvage index", self.salvage()),
+            ("LV myocardium", f"{self.myocardium_ml:.1f} mL"),
+        ]
+
+    def line(self) -> str:
+        """Everything in one line (the CLI's read-out)."""
+        if not self.has_myocardium:
+            return "no LV myocardium labelled: no burden"
+        return (
+            f"LV myocardium {self.myocardium_ml:.1f} mL; scar {self.scar_ml:.1f} mL "
+            f"({self.pct('scar_pct')} of LV myocardium); edema {self.edema_ml:.1f} mL "
+            f"({self.pct('edema_pct')}); area at risk {self.pct('area_at_risk_pct')}; "
+            f"salvage index {self.salvage()}"
+        )
+
+
+def burden_interval(params: Mapping[str, object] | None) -> dict[str, tuple[float, float]]:
+    """The 95 % burden intervals a method put in ``Fit.params["burden_interval"]``.
+
+    Returns ``{key: (low, high)}`` for the keys of :data:`INTERVAL_KEYS` present with two
+    finite numbers; empty for a method that reports none (or a malformed entry).
+    """
+    raw = (params or {}).get("burden_interval")
+    out: dict[str, tuple[float, float]] = {}
+    if not isinstance(raw, Mapping):
+        return out
+    for key in INTERVAL_KEYS:
+        pair = raw.get(key)
+        try:
+            lo, hi = (float(v) for v in pair)  # type: ignore[union-attr]
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(lo) and math.isfinite(hi):
+            out[key] = (lo, hi)
+    return out
+
+
+def burden_summary(
+    labels: np.ndarray, spacing_mm: Sequence[float], params: Mapping[str, object] | None = None
+) -> BurdenSummary:
+    """The clinical read-out of a MyoPS label map (the one place it is computed).
 
     Parameters
     ----------
@@ -290,29 +405,47 @@ def burden_readout(
         ``(Z, Y, X)`` MyoPS label map.
     spacing_mm : sequence of float
         ``(z, y, x)`` voxel size in mm.
-    interval : mapping, optional
-        ``Fit.params["burden_interval"]``: each burden's 95 % interval.
+    params : mapping, optional
+        ``Fit.params`` of the segmentation: its ``burden_interval``, when the method
+        reports one, is carried along (:func:`burden_interval`).
+
+    Returns
+    -------
+    BurdenSummary
+    """
+    from napari_gmmseg.metrics import burden, salvage_index
+
+    b = burden(labels, spacing_mm)
+    return BurdenSummary(
+        myocardium_ml=b["myocardium_ml"],
+        scar_ml=b["scar_ml"],
+        edema_ml=b["edema_ml"],
+        scar_pct=b["scar_pct"],
+        edema_pct=b["edema_pct"],
+        area_at_risk_pct=b["scar_edema_pct"],
+        salvage_index=salvage_index(b["scar_pct"], b["scar_edema_pct"]),
+        interval=burden_interval(params),
+    )
+
+
+def burden_readout(
+    labels: np.ndarray, spacing_mm: Sequence[float], params: Mapping[str, object] | None = None
+) -> str:
+    """The clinical read-out of a MyoPS label map in one line (:meth:`BurdenSummary.line`).
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        ``(Z, Y, X)`` MyoPS label map.
+    spacing_mm : sequence of float
+        ``(z, y, x)`` voxel size in mm.
+    params : mapping, optional
+        ``Fit.params``; a reported ``burden_interval`` is shown beside each burden.
 
     Returns
     -------
     str
-        LV myocardium (mL), scar and edema (mL and % of LV myocardium, with the interval).
+        LV myocardium (mL), scar and edema (mL and % of LV myocardium), area at risk and
+        myocardial salvage index.
     """
-    from napari_gmmseg.metrics import burden
-
-    b = burden(labels, spacing_mm)
-    if not b["myocardium_ml"] > 0:
-        return "no LV myocardium labelled: no burden"
-
-    def pct(key: str) -> str:
-        v = b[key]
-        if not math.isfinite(v):
-            return "n/a"
-        ci = (interval or {}).get(key)
-        return f"{v:.1f} %" + (f", 95 % interval {ci[0]:.0f}-{ci[1]:.0f} %" if ci else "")
-
-    return (
-        f"LV myocardium {b['myocardium_ml']:.1f} mL; scar {b['scar_ml']:.1f} mL "
-        f"({pct('scar_pct')} of LV myocardium); edema {b['edema_ml']:.1f} mL "
-        f"({pct('edema_pct')}); scar + edema {pct('scar_edema_pct')}"
-    )
+    return burden_summary(labels, spacing_mm, params).line()

@@ -279,6 +279,7 @@ def evaluate_case(
     on_done: Callable[[CaseOutcome], None] | None = None,
     on_progress: Callable[[str, str, Any], None] | None = None,
     channels: Sequence[str] | None = None,
+    on_step: Callable[[str], None] | None = None,
 ) -> list[CaseOutcome]:
     """Segment (or reuse) and score one case with every method; never raises for the case.
 
@@ -298,6 +299,9 @@ def evaluate_case(
         Called with ``(case_id, method, napari_gmmseg.fit.Progress)`` while a method runs.
     channels : sequence of str, optional
         Sequences the case must have (the dataset's); a case without one fails.
+    on_step : callable, optional
+        Called with a short text (``"1001: loading"``, ``"1001 gmm: segmenting"``) as each
+        step of the case starts, so a progress display never sits still on a long step.
 
     Returns
     -------
@@ -319,8 +323,15 @@ def evaluate_case(
         if on_done is not None:
             on_done(outcome)
 
+    def say(text: str) -> None:
+        if on_step is not None:
+            on_step(text)
+
     try:
+        say(f"{case_id}: loading")
         case = source.load(channels=channels)
+        if roi is not None and str(roi).lower() == "auto":
+            say(f"{case_id}: automatic ROI")
         roi_mask = _resolve_roi(roi, case, out_dir, force)
     except Exception as exc:  # one broken case must not stop the batch
         for method in methods:
@@ -349,6 +360,7 @@ def evaluate_case(
                 from napari_gmmseg.segment import segment_case
 
                 status = "segmented"
+                say(f"{case_id} {method}: segmenting")
                 kwargs = _method_kwargs(method, options)
                 if on_progress is not None:
                     kwargs["progress"] = lambda p, m=method: on_progress(case_id, m, p)
@@ -485,6 +497,11 @@ class _Bar:
             f"{case_id} {method} slices {progress.slices_done}/{progress.slices_total} "
             f"iteration {progress.iteration}"
         )
+
+    def step(self, text: str) -> None:
+        """Show the step that just started (at once: it may run for seconds)."""
+        if self.bar is not None:
+            self.bar.set_postfix_str(text)
 
     def update(self, outcome: CaseOutcome) -> None:
         self.done += 1
@@ -655,7 +672,13 @@ def _evaluate_locked(
         if scheduler is None:
             for src in sources:
                 outcomes += evaluate_case(
-                    src, methods, out_dir, on_done=bar.update, on_progress=bar.running, **kw
+                    src,
+                    methods,
+                    out_dir,
+                    on_done=bar.update,
+                    on_progress=bar.running,
+                    on_step=bar.step,
+                    **kw,
                 )
         else:
             outcomes = _run_distributed(scheduler, sources, methods, out_dir, kw, bar)

@@ -1431,7 +1431,9 @@ def save_volume(
             f"{path}: volume shape {vol.shape} does not match the reference grid {geometry.shape}"
         )
     if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path}: exists; pass overwrite=True (or --force) to replace it")
+        raise OutputExistsError(
+            f"{path}: exists; use --force (or the overwrite option) to replace it"
+        )
     dtype = np.dtype(dtype if dtype is not None else vol.dtype)
     hdr = geometry.nifti_header()
     data_xyz = np.ascontiguousarray(vol.transpose(2, 1, 0)).astype(dtype, copy=False)
@@ -1459,12 +1461,12 @@ def save_volume(
                 os.link(tmp, path)  # atomic and never clobbers
             except FileExistsError:
                 raise OutputExistsError(
-                    f"{path}: exists; pass overwrite=True (or --force) to replace it"
+                    f"{path}: exists; use --force (or the overwrite option) to replace it"
                 ) from None
             except OSError:  # filesystem without hard links
                 if path.exists():
                     raise OutputExistsError(
-                        f"{path}: exists; pass overwrite=True to replace it"
+                        f"{path}: exists; use --force (or the overwrite option) to replace it"
                     ) from None
                 os.replace(tmp, path)
     finally:

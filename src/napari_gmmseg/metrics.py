@@ -31,6 +31,7 @@ Conventions
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -524,6 +525,27 @@ def burden(
     if not per_slice:
         out = {k: float(v) for k, v in out.items()}
     return out
+
+
+def salvage_index(scar_pct: float, area_at_risk_pct: float) -> float:
+    """Myocardial salvage index: the share of the area at risk that is not infarcted.
+
+    Parameters
+    ----------
+    scar_pct : float
+        Infarct size (scar, 2221) in % of LV myocardium.
+    area_at_risk_pct : float
+        Area at risk (scar ∪ edema, 2221 + 1220) in % of LV myocardium.
+
+    Returns
+    -------
+    float
+        ``(area at risk - infarct) / area at risk`` in 0-1; NaN without an area at risk.
+    """
+    aar, scar = float(area_at_risk_pct), float(scar_pct)
+    if not (math.isfinite(aar) and math.isfinite(scar)) or aar <= 0:
+        return float("nan")
+    return max(0.0, (aar - scar) / aar)
 
 
 # --------------------------------------------------------------------------- per case

@@ -6,12 +6,17 @@ from typing import Any
 
 import numpy as np
 
-from napari_gmmseg._widgets._common import layer_spacing, tissue_colormap
+from napari_gmmseg._widgets._common import (
+    case_layer_name,
+    case_of,
+    layer_spacing,
+    tissue_colormap,
+)
 
 #: Text of the ROI combo's entry that finds the ROI from the bSSFP layer.
 AUTO_CHOICE = "automatic (from bSSFP)"
 #: Name of the Labels layer holding the automatic ROI (500 / 200 / 600).
-AUTO_LAYER_NAME = "automatic ROI"
+AUTO_LAYER_NAME = "auto ROI"
 #: Metadata key marking that layer.
 AUTO_KEY = "gmmseg_auto_roi"
 
@@ -38,19 +43,21 @@ def add_auto_layer(viewer: Any, images: np.ndarray, channels: tuple[str, ...], r
     -------
     (napari.layers.Labels, napari_gmmseg.autoroi.AutoRoi)
     """
+    from napari_gmmseg._reader import CASE_ID_KEY
     from napari_gmmseg.autoroi import find_roi
 
     auto = find_roi(images, channels, layer_spacing(reference))
+    case = case_of(reference)
     layer = viewer.add_labels(
         auto.labels,
-        name=AUTO_LAYER_NAME,
+        name=case_layer_name(case, AUTO_LAYER_NAME),
         colormap=tissue_colormap(),
         scale=reference.scale,
         translate=reference.translate,
         rotate=reference.rotate,
         shear=reference.shear,
         opacity=0.4,
-        metadata={AUTO_KEY: {"qc": [q.as_row() for q in auto.qc]}},
+        metadata={AUTO_KEY: {"qc": [q.as_row() for q in auto.qc]}, CASE_ID_KEY: case},
     )
     return layer, auto
 

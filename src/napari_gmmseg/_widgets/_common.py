@@ -72,12 +72,132 @@ def report_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+# ---------------------------------------------------------------- one case at a time
+#: Metadata keys that mark a layer as the plugin's (read by it or added by a dock).
+_PLUGIN_KEYS = (
+    "gmmseg_case_id",  # _reader.CASE_ID_KEY: every layer of a loaded case and its results
+    META_KEY,  # a segmentation
+    "gmmseg_auto_roi",  # _autoroi.AUTO_KEY
+    "gmmseg_aha_segments",  # _report.SEGMENTS_KEY
+)
+
+
+def case_of(layer) -> str | None:
+    """The case id a layer belongs to (the reader's metadata, copied onto every result)."""
+    from napari_gmmseg._reader import CASE_ID_KEY
+
+    value = getattr(layer, "metadata", {}).get(CASE_ID_KEY)
+    return None if value is None else str(value)
+
+
+def case_layer_name(case_id: str | None, what: str) -> str:
+    """The name of a layer the plugin adds: short, by case (``"1001 tissue-classifier"``)."""
+    return f"{case_id} {what}" if case_id else what
+
+
+def is_plugin_layer(layer) -> bool:
+    """True for a layer of a loaded case or one a dock added (ROI, segmentation, segments)."""
+    meta = getattr(layer, "metadata", {}) or {}
+    return any(meta.get(key) for key in _PLUGIN_KEYS)
+
+
+def clear_case(viewer) -> int:
+    """Remove every layer of the open case and every layer the plugin's docks added.
+
+    The docks listen to the removals and clear their results. Returns how many layers went.
+    """
+    gone = [lay for lay in list(viewer.layers) if is_plugin_layer(lay)]
+    for layer in reversed(gone):
+        viewer.layers.remove(layer)
+    return len(gone)
+
+
+def is_plugin_dock(dock) -> bool:
+    """True for a dock widget holding one of the plugin's docks (napari may wrap it)."""
+    inner = dock.inner_widget() if hasattr(dock, "inner_widget") else dock.widget()
+    return bool(getattr(inner, "gmmseg_dock", False))
+
+
+def tabify_with_plugin_docks(widget: QWidget) -> bool:
+    """Put the dock holding ``widget`` in one tab group with the plugin's other docks.
+
+    Called once the dock exists (napari wraps the widget after constructing it), whether it
+    was opened by ``napari -w napari-gmmseg`` or from the Plugins menu: the docks then share
+    one full-height column instead of stacking into strips.
+    """
+    from qtpy.QtWidgets import QDockWidget, QMainWindow
+
+    dock = widget.parent()
+    while dock is not None and not isinstance(dock, QDockWidget):
+        dock = dock.parent()
+    if dock is None:
+        return False  # not docked yet
+    main = dock.parent()
+    if not isinstance(main, QMainWindow):
+        return False
+    area = main.dockWidgetArea(dock)
+    others = [
+        d
+        for d in main.findChildren(QDockWidget)
+        if d is not dock
+        and not d.isFloating()
+        and not d.isHidden()
+        and is_plugin_dock(d)
+        and main.dockWidgetArea(d) == area
+    ]
+    if others:
+        main.tabifyDockWidget(others[0], dock)
+        dock.show()
+        dock.raise_()
+    return True
+
+
+def schedule_tabify(widget: QWidget) -> None:
+    """Mark ``widget`` as a plugin dock and tabify it once napari has docked it."""
+    from qtpy.QtCore import QTimer
+
+    widget.gmmseg_dock = True  # type: ignore[attr-defined]
+
+    def later(tries: int = 20) -> None:
+        try:
+            docked = tabify_with_plugin_docks(widget)
+        except RuntimeError:  # the widget was deleted before the event loop came round
+            return
+        if not docked and tries > 1:  # napari docks it a moment after constructing it
+            QTimer.singleShot(50, lambda: later(tries - 1))
+
+    QTimer.singleShot(0, later)
+
+
 # ---------------------------------------------------------------- label styling
 
 
 #: Height (px) a dock may shrink to; its content scrolls below that, so five docks and the
 #: slice slider fit a 1000 px screen.
 DOCK_MIN_HEIGHT = 120
+
+
+class _ColumnScroll(QScrollArea):
+    """A vertical-only scroll area that asks for its content's full width, so the dock is
+    never narrower than what it shows (nothing cut on the right, no horizontal bar)."""
+
+    def _content_width(self) -> int:
+        content = self.widget()
+        if content is None:
+            return 0
+        bar = self.verticalScrollBar().sizeHint().width()
+        return content.minimumSizeHint().width() + bar + 2 * self.frameWidth()
+
+    def minimumSizeHint(self):
+        hint = super().minimumSizeHint()
+        hint.setWidth(max(hint.width(), self._content_width()))
+        hint.setHeight(DOCK_MIN_HEIGHT)
+        return hint
+
+    def sizeHint(self):
+        hint = super().sizeHint()
+        hint.setWidth(max(hint.width(), self._content_width()))
+        return hint
 
 
 def dock_layout(widget: QWidget) -> QVBoxLayout:
@@ -88,7 +208,7 @@ def dock_layout(widget: QWidget) -> QVBoxLayout:
     """
     outer = QVBoxLayout(widget)
     outer.setContentsMargins(0, 0, 0, 0)
-    scroll = QScrollArea(widget)
+    scroll = _ColumnScroll(widget)
     scroll.setWidgetResizable(True)
     scroll.setFrameShape(QFrame.Shape.NoFrame)
     scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
@@ -97,6 +217,7 @@ def dock_layout(widget: QWidget) -> QVBoxLayout:
     scroll.setWidget(content)
     outer.addWidget(scroll)
     widget.setMinimumHeight(DOCK_MIN_HEIGHT)
+    schedule_tabify(widget)
     layout = QVBoxLayout(content)
     layout.setContentsMargins(4, 4, 4, 4)
     return layout

@@ -20,6 +20,7 @@ from qtpy.QtWidgets import (
 from napari_gmmseg._widgets._common import (
     META_KEY,
     LayerCombo,
+    case_of,
     dock_layout,
     report_errors,
     show_info,
@@ -80,27 +81,41 @@ class ExportWidget(QWidget):
         layout.addStretch(1)
         self.layer_combo.currentIndexChanged.connect(self._suggest_path)
         napari_viewer.layers.events.inserted.connect(self._select_newest)
+        self._select_newest()
         self._suggest_path()
 
-    def _select_newest(self, event) -> None:
-        """A Labels layer just added (a new segmentation) becomes the one to export."""
-        layer = getattr(event, "value", None)
+    def _select_newest(self, *_args) -> None:
+        """The newest segmentation becomes the one to export (not a mask or AHA segments)."""
+        from napari_gmmseg._widgets._report import newest_segmentation
+
         self.layer_combo.refresh()  # whatever order napari calls its listeners in
-        layers = self.layer_combo._layers
-        if layer is not None and layer in layers:
-            self.layer_combo.setCurrentIndex(layers.index(layer))
+        newest = newest_segmentation(self.viewer)
+        if newest is not None:
+            self.layer_combo.set_layer(newest)
+
+    def case_folder(self, case: str | None) -> Path:
+        """The folder the case was read from (a layer of that case that has a source file);
+        the working folder when none is known."""
+        from napari_gmmseg._reader import SOURCE_KEY
+
+        for lay in self.viewer.layers:
+            source = lay.metadata.get(SOURCE_KEY)
+            if source and case_of(lay) == case:
+                return Path(source).parent
+        return Path.cwd()
 
     def _suggest_path(self, *_args) -> None:
+        """Name the file by case and method, in the case's folder (``1001_gmm.nii.gz``)."""
         layer = self.layer_combo.layer()
-        if layer is None or self.path_edit.text().strip():
+        if layer is None:
+            self.path_edit.setPlaceholderText("output .nii.gz")
             return
-        from napari_gmmseg._reader import CASE_ID_KEY
-
-        folder = Path.cwd()
-        case = layer.metadata.get(CASE_ID_KEY)
+        case = case_of(layer)
         info = layer.metadata.get(META_KEY) or {}
         stem = "_".join(str(p) for p in (case, info.get("method")) if p) or layer.name
-        self.path_edit.setPlaceholderText(str(folder / f"{stem.replace(' ', '_')}.nii.gz"))
+        self.path_edit.setPlaceholderText(
+            str(self.case_folder(case) / f"{stem.replace(' ', '_')}.nii.gz")
+        )
 
     def _browse(self) -> None:
         path, _ = QFileDialog.getSaveFileName(

@@ -200,15 +200,29 @@ class InspectWidget(QWidget):
         status = "converged" if row is not None and bool(fit.converged_[row]) else "not converged"
         if row is not None and not bool(fit.finished[row]):
             status = "unfinished (cancelled)"
-        self.info.setText(
-            f"{fit.method} · slice {z}"
-            + (f" · {int(fit.n_iter_[row])} iterations, {status}" if row is not None else "")
-        )
+        iterative = np.isfinite(np.asarray(fit.nll_history, dtype=float)).any()
+        detail = ""
+        if row is not None:
+            detail = (
+                f" · {int(fit.n_iter_[row])} iterations, {status}"
+                if iterative
+                else " · a single pass (no iterations)"
+            )
+        self.info.setText(f"{fit.method} · slice {z}{detail}")
         self.canvas.draw_idle()
 
     def _plot_nll(self, ax, fit, row: int | None) -> None:
         _style(ax)
         hist = np.asarray(fit.nll_history, dtype=float)
+        if hist.size == 0 or not np.isfinite(hist).any():
+            # a pipeline without a likelihood: say so instead of an empty plot
+            ax.text(
+                0.5, 0.5, f"{fit.method} has no likelihood to plot\n(not an iterative fit)",
+                ha="center", va="center", color=_FG, fontsize=8, transform=ax.transAxes,
+            )  # fmt: skip
+            ax.set_xticks([])
+            ax.set_yticks([])
+            return
         its = np.arange(1, hist.shape[1] + 1)
         for s in range(hist.shape[0]):
             if s != row:

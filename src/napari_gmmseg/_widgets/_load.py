@@ -17,9 +17,10 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_gmmseg._widgets._common import dock_layout, report_errors, show_info
+from napari_gmmseg._widgets._common import clear_case, dock_layout, report_errors, show_info
 from napari_gmmseg.errors import CaseLoadError
 from napari_gmmseg.io import IMAGE_SUFFIXES
+from napari_gmmseg.labels import SCAR
 
 if TYPE_CHECKING:
     import napari
@@ -83,7 +84,7 @@ class LoadCaseWidget(QWidget):
         self.case_path.setPlaceholderText("case folder, dataset root, or one sequence file")
         form.addRow("Path", _path_row(self, self.case_path, folder=True))
         self.case_id = QLineEdit()
-        self.case_id.setPlaceholderText("only for a dataset root, e.g. 101")
+        self.case_id.setPlaceholderText("only for a dataset root, e.g. 1001")
         form.addRow("Case id", self.case_id)
         self.case_choice = QComboBox()  # the cases of a dataset root, filled from the path
         self.case_choice.setToolTip("the cases found in this dataset folder")
@@ -108,9 +109,15 @@ class LoadCaseWidget(QWidget):
             "remove the layers of the case already open (one patient at a time)"
         )
         layout.addWidget(self.replace)
+        row = QHBoxLayout()
         self.load_button = QPushButton("Load")
         self.load_button.clicked.connect(self.load)
-        layout.addWidget(self.load_button)
+        row.addWidget(self.load_button)
+        self.clear_button = QPushButton("Clear")
+        self.clear_button.setToolTip("close the open case: its layers and the docks' results")
+        self.clear_button.clicked.connect(self.clear)
+        row.addWidget(self.clear_button)
+        layout.addLayout(row)
         self.status = QLabel("")
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
@@ -153,10 +160,14 @@ class LoadCaseWidget(QWidget):
         self.case_choice.setEnabled(len(ids) > 1)
 
     def _remove_open_case(self) -> None:
-        from napari_gmmseg._reader import CASE_ID_KEY
+        """Remove the open case's layers and every layer the docks added for it."""
+        clear_case(self.viewer)
 
-        for layer in [lay for lay in self.viewer.layers if lay.metadata.get(CASE_ID_KEY)]:
-            self.viewer.layers.remove(layer)
+    def clear(self, *_args) -> None:
+        """The Clear button: close the open case (its layers, the docks' results)."""
+        n = clear_case(self.viewer)
+        self.last_layers = []
+        self.status.setText(f"closed the open case ({n} layers)" if n else "no case open")
 
     @report_errors
     def load(self) -> list:
@@ -171,6 +182,8 @@ class LoadCaseWidget(QWidget):
         added = []
         for data in case_layer_data(case):
             layer = Layer.create(*data)
+            if data[2] == "labels":
+                layer.selected_label = SCAR.value  # the brush starts on a tissue
             self.viewer.add_layer(layer)
             added.append(layer)
         self.last_layers = added

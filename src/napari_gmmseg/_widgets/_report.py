@@ -23,7 +23,10 @@ from qtpy.QtWidgets import (
 )
 
 from napari_gmmseg._widgets._common import (
+    META_KEY,
     LayerCombo,
+    case_layer_name,
+    case_of,
     dock_layout,
     fit_table_height,
     layer_spacing,
@@ -38,6 +41,52 @@ if TYPE_CHECKING:
 
 #: Metadata key marking the segment-map layers this widget made (never offered as input).
 SEGMENTS_KEY = "gmmseg_aha_segments"
+
+
+#: Colours of the 17 AHA segments: blue (basal), teal-grey (mid), brown-grey (apical), light
+#: grey (apex), light and dark in turn around each ring. None of them is a tissue colour
+#: (green scar, yellow edema, red / purple blood pools).
+SEGMENT_COLORS: dict[int, str] = {
+    **{i: ("#3b6fb6", "#9ec5f0")[i % 2] for i in range(1, 7)},
+    **{i: ("#4f7382", "#b2c8d2")[i % 2] for i in range(7, 13)},
+    **{i: ("#7d6b58", "#cdbfae")[i % 2] for i in range(13, 17)},
+    17: "#e0e0e0",
+}
+
+
+def segment_colormap():
+    """The AHA segments' own label palette (:data:`SEGMENT_COLORS`, 0 transparent)."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    colors = {0: "transparent", None: "transparent", **SEGMENT_COLORS}
+    return DirectLabelColormap(color_dict=colors)
+
+
+def _dark_theme(viewer) -> bool:
+    """Whether napari shows a dark theme (the figure then draws light text)."""
+    try:
+        from napari.utils.theme import get_theme
+
+        theme = get_theme(viewer.theme)
+        background = theme.background.as_hex()
+    except Exception:  # an unknown theme: assume napari's default, dark
+        return True
+    r, g, b = (int(background[i : i + 2], 16) for i in (1, 3, 5))
+    return 0.299 * r + 0.587 * g + 0.114 * b < 128
+
+
+def newest_segmentation(viewer):
+    """The segmentation layer added last (a Segment dock output), or None."""
+    import napari
+
+    found = [
+        lay
+        for lay in viewer.layers
+        if isinstance(lay, napari.layers.Labels)
+        and META_KEY in lay.metadata
+        and SEGMENTS_KEY not in lay.metadata
+    ]
+    return found[-1] if found else None
 
 
 def _fmt(value: Any, spec: str = ".1f") -> str:
@@ -113,7 +162,31 @@ class ReportWidget(QWidget):
         self._timer.setInterval(300)
         self._timer.timeout.connect(self._auto_update)
         self.label_layer.currentIndexChanged.connect(self._watch)
+        napari_viewer.layers.events.inserted.connect(self._follow_newest)
+        napari_viewer.layers.events.removed.connect(self._clear_if_stale)
         self._watch()
+        self._follow_newest()
+
+    # ------------------------------------------------------------ the newest segmentation
+    def _follow_newest(self, *_args) -> None:
+        """Report on the newest segmentation (else whatever label map is listed first)."""
+        self.label_layer.refresh()  # whatever order napari calls its listeners in
+        newest = newest_segmentation(self.viewer)
+        if newest is not None:
+            self.label_layer.set_layer(newest)
+
+    def _clear_if_stale(self, *_args) -> None:
+        """Forget the report once its label map is gone (another case, or Clear)."""
+        if self.report is None or self._watched in self.viewer.layers:
+            return
+        self.report = None
+        self.figure.clear()
+        self.canvas.draw_idle()
+        self.table.setRowCount(0)
+        self.summary.setText("")
+        if self.segments_layer is not None and self.segments_layer in self.viewer.layers:
+            self.viewer.layers.remove(self.segments_layer)
+        self.segments_layer = None
 
     # ------------------------------------------------------------ following the layer
     def _watch(self, *_args) -> None:
@@ -188,7 +261,7 @@ class ReportWidget(QWidget):
         )
         self.report = rep
         self.figure.clear()
-        bullseye_figure([(layer.name, rep)], fig=self.figure)
+        bullseye_figure([(layer.name, rep)], fig=self.figure, dark=_dark_theme(self.viewer))
         self.canvas.draw_idle()
         self._fill_table(rep)
         self._segment_layer(layer, rep, geometry)
@@ -243,23 +316,28 @@ class ReportWidget(QWidget):
         fit_table_height(self.table)
 
     def _segment_layer(self, layer, rep, geometry) -> None:
-        from napari_gmmseg._reader import GEOMETRY_KEY
+        from napari_gmmseg._reader import CASE_ID_KEY, GEOMETRY_KEY
         from napari_gmmseg.report.segments import SEGMENT_NAMES
 
-        name = f"{layer.name} AHA segments"
+        case = case_of(layer)
+        name = case_layer_name(case, "AHA segments")
         features = {"index": np.arange(18), "segment": ["", *SEGMENT_NAMES[1:]]}
         target = self.segments_layer
         if target is None or target not in self.viewer.layers:
+            # hidden, under the tissues, in a palette of its own (not the tissue colours)
             target = self.viewer.add_labels(
                 rep.segments_zyx,
                 name=name,
                 scale=layer.scale,
                 translate=layer.translate,
                 opacity=0.5,
-                visible=True,
-                metadata={SEGMENTS_KEY: True, GEOMETRY_KEY: geometry},
+                visible=False,
+                colormap=segment_colormap(),
+                metadata={SEGMENTS_KEY: True, GEOMETRY_KEY: geometry, CASE_ID_KEY: case},
                 features=features,
             )
+            index = list(self.viewer.layers).index(layer)
+            self.viewer.layers.move(list(self.viewer.layers).index(target), index)
             self.segments_layer = target
         else:
             target.data = rep.segments_zyx

@@ -49,6 +49,8 @@ from napari_gmmseg._widgets._common import (
     META_KEY,
     CheckList,
     LayerCombo,
+    case_layer_name,
+    case_of,
     dock_layout,
     fit_table_height,
     layer_spacing,
@@ -64,7 +66,7 @@ from napari_gmmseg._widgets._roi import channel_name, roi_from_shapes
 from napari_gmmseg._widgets._worker import CoreError, SegmentRequest, segment_job
 from napari_gmmseg.autoroi import format_qc
 from napari_gmmseg.errors import GeometryError, GmmSegError, ModelError, RoiError
-from napari_gmmseg.labels import CLASSES, LV_ROI_VALUES
+from napari_gmmseg.labels import CLASSES, LV_ROI_VALUES, SCAR
 from napari_gmmseg.labels import DEFAULT_CHANNELS as _CASE_CHANNELS
 from napari_gmmseg.methods import DEFAULT_METHOD, METHODS, DeepOptions
 from napari_gmmseg.presence import PresenceRule
@@ -105,6 +107,16 @@ class SegmentWidget(QWidget):
         self._roi_shown = None
 
         layout = dock_layout(self)
+        # The burden first, in large type: the clinical answer is what the user looks for.
+        self.headline = QLabel("")
+        self.headline.setObjectName("burden_headline")
+        self.headline.setWordWrap(True)
+        font = self.headline.font()
+        font.setPointSizeF(font.pointSizeF() * 1.6)
+        font.setBold(True)
+        self.headline.setFont(font)
+        self.headline.setVisible(False)
+        layout.addWidget(self.headline)
 
         self._build_input(layout, napari_viewer)
         self._build_model(layout)
@@ -151,8 +163,8 @@ class SegmentWidget(QWidget):
             "Use the drawn shape on all slices (otherwise only on the slice it was drawn on)"
         )
         self.roi_hint = QLabel(
-            f"Run adds the LV found in bSSFP as '{AUTO_LAYER_NAME}' (edit it with the brush; "
-            "a re-run uses it)"
+            f"Run adds the LV found in bSSFP as '<case> {AUTO_LAYER_NAME}' (edit it with the "
+            "brush; a re-run uses it)"
         )
         self.roi_hint.setWordWrap(True)
         self.roi_qc = QLabel("")
@@ -196,14 +208,14 @@ class SegmentWidget(QWidget):
             "restart with the lowest NLL. 5 makes the result far less dependent on the seed "
             "(README, 'Restarts')."
         )
-        row = QHBoxLayout()
+        row = QHBoxLayout()  # two short rows, so the dock stays narrow
         row.addWidget(self.n_classes)
-        row.addWidget(QLabel("seed"))
-        row.addWidget(self.seed, 1)
         self.n_init_label = QLabel("restarts")
         row.addWidget(self.n_init_label)
         row.addWidget(self.n_init)
+        row.addStretch(1)
         form.addRow("K", row)
+        form.addRow("Seed", self.seed)
 
         self.device = QComboBox()
         self.device.addItems(["auto", "cpu", "cuda"])
@@ -262,11 +274,12 @@ class SegmentWidget(QWidget):
         self.scar_gate.setValue(PresenceRule().scar_gate_n_sd or 0.0)
         self.scar_gate.setSpecialValueText("no gate")
         self.scar_gate.setToolTip("pixel gate on LGE, SDs above remote myocardium (0: off)")
-        row = QHBoxLayout()
-        row.addWidget(self.presence, 1)
+        form.addRow("Presence", self.presence)
+        row = QHBoxLayout()  # threshold and gate (their tooltips say which is which)
         row.addWidget(self.scar_threshold)
         row.addWidget(self.scar_gate)
-        form.addRow("Presence", row)
+        row.addStretch(1)
+        form.addRow("", row)
         self.presence.currentIndexChanged.connect(self._presence_changed)
         self._presence_changed()
         self.probabilities = QCheckBox("add probability maps")
@@ -500,7 +513,6 @@ class SegmentWidget(QWidget):
                 kwargs["n_init"] = self.n_init.value()
         kwargs.update(self._model_file_options(method))
         kwargs.update(self.options_form.values())
-        label = dict((v, t) for t, v in METHOD_CHOICES)[method]
         return SegmentRequest(
             images=images,
             roi=roi,
@@ -509,7 +521,7 @@ class SegmentWidget(QWidget):
             reference=reference,
             kwargs=kwargs,
             roi_description=description,
-            output_name=f"{label} segmentation",
+            output_name=case_layer_name(case_of(reference), method),
             want_probabilities=self.probabilities.isChecked(),
             roi_source=roi_source,
         )
@@ -652,6 +664,7 @@ class SegmentWidget(QWidget):
                 opacity=0.6,
                 metadata={META_KEY: {"running": True}},
             )
+            request.output.selected_label = SCAR.value  # the brush starts on a tissue
         return request.output
 
     def _discard(self, request: SegmentRequest) -> None:
@@ -757,6 +770,8 @@ class SegmentWidget(QWidget):
         self.progress.setValue(0)
         self.status.setText("")
         self.burden.setText("")
+        self.headline.setText("")
+        self.headline.setVisible(False)
 
     def _follow(self, layer, fit: Fit, roi_source) -> None:
         """Numbers follow the labels: the table and burden are recomputed on every edit."""
@@ -781,13 +796,17 @@ class SegmentWidget(QWidget):
     def _show_burden(
         self, fit: Fit, labels: np.ndarray, spacing, roi_source, edited: bool = False
     ) -> None:
-        from napari_gmmseg.accuracy import accuracy_note, burden_interval, burden_readout
+        from napari_gmmseg.accuracy import accuracy_note, burden_summary, stated_interval
 
+        # the stated error around the burden of the labels shown (edits move the burden)
+        interval = stated_interval(fit.params, roi_source, labels, spacing)
+        summary = burden_summary(labels, spacing, {**fit.params, "burden_interval": interval})
         note = accuracy_note(fit.params, roi_source)
-        interval = burden_interval(fit.params, roi_source, labels, spacing)
         prefix = "Partial (cancelled): " if fit.cancelled else ""
         prefix += "Edited labels: " if edited else ""
-        self.burden.setText(f"{prefix}{burden_readout(labels, spacing, interval)}.\n{note}")
+        self.headline.setText(f"{prefix}{summary.headline()}")
+        self.headline.setVisible(True)
+        self.burden.setText(f"{prefix}{summary.line()}.\n{note}")
 
     def _show_table(self, features) -> None:
         self.table.setRowCount(len(features))

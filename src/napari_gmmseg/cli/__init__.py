@@ -32,15 +32,21 @@ COMMAND_MODULES: tuple[str, ...] = (
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the top-level parser with every registered sub-command."""
-    parser = argparse.ArgumentParser(
+    from napari_gmmseg.cli._common import Parser
+
+    parser = Parser(
         prog="napari-gmmseg",
         description=(
-            "Unsupervised segmentation of blood pool, myocardium, edema and scar in "
-            "multi-sequence cardiac MRI (bSSFP, LGE, T2) with GMM, SVGMM, deepG and deepSVG."
+            "Segment LV blood pool, myocardium, edema and scar in multi-sequence cardiac MRI "
+            "(bSSFP, LGE, T2) and report infarct size, edema and area at risk per AHA segment. "
+            "The default method is trained on labelled cases; the unsupervised mixtures of the "
+            "paper (GMM, SVGMM, deepG, deepSVG) are there for comparison."
         ),
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    subparsers = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(
+        title="commands", dest="command", metavar="COMMAND", parser_class=Parser
+    )
     for name in COMMAND_MODULES:
         importlib.import_module(f"napari_gmmseg.cli.{name}").register(subparsers)
     return parser

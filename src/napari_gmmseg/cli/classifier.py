@@ -19,7 +19,6 @@ def register(subparsers) -> None:
             "an existing file is never replaced unless --force is given. Use it with "
             "'segment --method tissue-classifier --model FILE'."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("dataset", metavar="DATASET", help="labelled dataset folder (MyoPS layout)")
     p.add_argument("--out", required=True, help=".npz file to write")

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from napari_gmmseg.methods import COVARIANCE_TYPES, DEFAULT_METHOD, METHODS
+from napari_gmmseg.methods import DEFAULT_METHOD, METHODS
 
 #: Methods known to the engine (the registry; importing it does not import torch).
 KNOWN_METHODS = tuple(METHODS)
@@ -19,8 +19,9 @@ def add_method_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:1 ...")
     g.add_argument("--max-iter", type=int, default=None, help="EM iteration limit (gmm, svgmm)")
     g.add_argument("--tol", type=float, default=None, help="NLL gain per iteration to stop at")
-    g.add_argument("--n-classes", type=int, default=None, help="mixture components K (default 4)")
-    g.add_argument("--covariance-type", choices=COVARIANCE_TYPES, default=None)
+    from napari_gmmseg.cli._common import add_mixture_options
+
+    add_mixture_options(g, classes=None, covariance=None)
     from napari_gmmseg.cli._options import add_method_arguments
 
     add_method_arguments(
@@ -87,6 +88,16 @@ def print_report(result, out: Path) -> None:
         print(f"FAILED {f.case_id} {f.method}: {f.error}", file=sys.stderr)
 
 
+def write_tables(result, out: Path) -> Path:
+    """Write the printed tables to ``OUT/tables.md`` (atomically) and say where."""
+    from napari_gmmseg.batch import _atomic_write_text
+
+    path = out / "tables.md"
+    _atomic_write_text(path, f"```\n{result.table.rstrip()}\n```\n")
+    print(f"tables:     {path}")
+    return path
+
+
 def _run(args: argparse.Namespace) -> int:
     from napari_gmmseg.batch import evaluate_dataset
 
@@ -103,7 +114,7 @@ def _run(args: argparse.Namespace) -> int:
         roi=args.roi,
         force=args.force,
         scheduler=args.scheduler,
-        progress=not args.no_progress,
+        progress=not args.quiet,
         options=method_options(args),
         with_hd95=args.hd95,
         empty=1.0 if args.empty_dice == "one" else float("nan"),
@@ -111,6 +122,7 @@ def _run(args: argparse.Namespace) -> int:
         cases=cases,
     )
     print_report(result, out)
+    write_tables(result, out)
     if args.segments:  # per-AHA-segment burden error against the manual mask
         from napari_gmmseg.io import discover_cases
         from napari_gmmseg.report.compare import write_segment_errors
@@ -177,7 +189,9 @@ def register(subparsers) -> None:
         help="also write OUT/segments.csv: scar and edema burden per AHA segment against the "
         "manual mask (napari-gmmseg report's rules, on the mask's sectors)",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from napari_gmmseg.cli._common import add_quiet_option
+
+    add_quiet_option(p)
     add_method_options(p)
     add_presence_options(p)
     p.set_defaults(func=_run)

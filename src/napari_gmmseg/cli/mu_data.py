@@ -17,7 +17,6 @@ def register(subparsers) -> None:
             "(channels, classes, means). With fewer qualifying slices all are used (warning). "
             "An existing file is never replaced unless --force is given."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("dataset", metavar="DATASET", help="labelled dataset folder")
     p.add_argument("--out", required=True, help="JSON file to write")

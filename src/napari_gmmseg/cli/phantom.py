@@ -16,7 +16,6 @@ def register(subparsers) -> None:
             "OUT/train25_myops_gd/myops_training_<id>_gd.nii.gz (ids from --first-id). "
             "Existing files are never replaced unless --force is given."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("out", metavar="OUT", help="dataset folder to write")
     p.add_argument("--cases", type=int, default=3, help="number of cases")
@@ -29,7 +28,7 @@ def register(subparsers) -> None:
         "--healthy", type=int, default=0, help="how many cases (the last ones) have no infarct"
     )
     p.add_argument(
-        "--noise", type=float, default=0.08, help="Rician noise sigma / myocardial signal"
+        "--noise", type=float, default=0.10, help="Rician noise sigma / myocardial signal"
     )
     p.add_argument(
         "--contrast", type=float, default=1.0, help="tissue contrast scale (1 = calibrated)"

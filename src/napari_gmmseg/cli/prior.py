@@ -18,7 +18,6 @@ def register(subparsers) -> None:
             "('wall-ratio', the wall-first pipeline). Written as JSON (atomically); an "
             "existing file is never replaced unless --force is given."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("dataset", metavar="DATASET", help="labelled dataset folder (MyoPS layout)")
     p.add_argument("--out", required=True, help="JSON file to write")

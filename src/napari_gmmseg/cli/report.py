@@ -33,6 +33,16 @@ def _read_on_grid(path: str, geometry, what: str, labels: bool):
     return arr
 
 
+def _case_name(path: str) -> str:
+    """The case a label file belongs to: its MyoPS id (``myops_training_1001_gd`` -> 1001),
+    else the file name without its suffixes."""
+    import re
+
+    name = Path(path).name
+    found = re.search(r"_(\d+)_", name)
+    return found.group(1) if found else name.split(".")[0]
+
+
 def _run(args: argparse.Namespace) -> int:
     from napari_gmmseg.errors import GeometryError
     from napari_gmmseg.io import check_output, load_case, read_labels
@@ -74,18 +84,27 @@ def _run(args: argparse.Namespace) -> int:
         mlab = _read_on_grid(args.mask, geometry, "the manual mask", labels=True)
         ref = compute_report(mlab, geometry.spacing_mm, geometry.affine, **kw)
         manual = (ref, mlab)
-    rep = compute_report(labels, geometry.spacing_mm, geometry.affine, reference=ref, **kw)
-    title = args.title or Path(args.labels).name
-    files = write_report(
-        out,
-        rep,
-        labels,
-        geometry,
-        image_zyx=image,
-        manual=manual,
-        title=title,
-        overwrite=args.force,
-    )
+    from napari_gmmseg.cli._common import step
+
+    with step("AHA segments and report page", quiet=args.quiet):
+        rep = compute_report(labels, geometry.spacing_mm, geometry.affine, reference=ref, **kw)
+        from napari_gmmseg.report.figures import report_details
+
+        case_name = _case_name(args.labels)
+        title = args.title or f"Case {case_name}: scar and edema, AHA 17 segments"
+        details = report_details(case_name, labels, geometry.spacing_mm)
+        details.insert(1, ("label map", str(args.labels)))
+        files = write_report(
+            out,
+            rep,
+            labels,
+            geometry,
+            image_zyx=image,
+            manual=manual,
+            title=title,
+            overwrite=args.force,
+            details=details,
+        )
     t = rep.totals
     print(
         f"LV myocardium {t['myocardium_ml']:.1f} mL, scar {t['scar_ml']:.1f} mL "
@@ -107,7 +126,7 @@ def register(subparsers) -> None:
         help="AHA 17-segment burden, transmurality, bullseye and a one-page case report",
         description=(
             "From a MyoPS-valued label map (a segmentation or a manual mask) write OUT/segments.csv "
-            "(myocardium, scar and edema mL and %% per AHA segment, scar transmurality), "
+            "(myocardium, scar and edema mL and % per AHA segment, scar transmurality), "
             "OUT/slices.csv, OUT/segments.nii.gz (segment 1-17 on every myocardium voxel, source "
             "geometry), OUT/bullseye.png and OUT/report.pdf + report.png (one page). Slices are "
             "oriented by the RV insertion points found from the RV blood pool (600), else by "
@@ -142,6 +161,11 @@ def register(subparsers) -> None:
         default="auto",
         help="which end of the stack is the apex (default auto: where the LV is smaller)",
     )
-    p.add_argument("--title", default=None, help="report title (default: the label file name)")
+    p.add_argument(
+        "--title", default=None, help="report title (default: the case id and what it shows)"
+    )
     p.add_argument("--force", action="store_true", help="replace existing outputs")
+    from napari_gmmseg.cli._common import add_quiet_option
+
+    add_quiet_option(p)
     p.set_defaults(func=_run)

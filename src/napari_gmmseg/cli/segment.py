@@ -5,21 +5,23 @@ from __future__ import annotations
 import argparse
 import sys
 
-from napari_gmmseg.methods import COVARIANCE_TYPES, DEFAULT_METHOD, INITS, METHODS
+from napari_gmmseg.methods import DEFAULT_METHOD, INITS, METHODS
 
 
 def register(subparsers) -> None:
     """Add the ``segment`` sub-command."""
+    from napari_gmmseg.cli._common import add_mixture_options, add_quiet_option
+
     p = subparsers.add_parser(
         "segment",
         help="segment blood pool, myocardium, edema and scar of one case",
         description=(
-            "Fit a mixture (or a deep method) to the pixels of every slice inside the "
-            "ROI and write the label map (MyoPS values: 500 blood pool, 200 myocardium, "
-            "1220 edema, 2221 scar) on the bSSFP grid. Without --roi whole slices are "
-            "segmented."
+            "Label every pixel inside the ROI (the LV: blood pool and myocardium) of each "
+            "slice as blood pool, healthy myocardium, edema or scar, write the label map "
+            "(MyoPS values: 500 blood pool, 200 myocardium, 1220 edema, 2221 scar) on the "
+            "bSSFP grid and print the burden with its stated error. Without --roi whole "
+            "slices are segmented."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     g = p.add_argument_group("input and output")
     g.add_argument("--bssfp", metavar="F", help="bSSFP (C0) image; the reference grid")
@@ -60,7 +62,7 @@ def register(subparsers) -> None:
         help="resample sequences whose origins differ by more than 5 mm or axes by more than "
         "5 degrees (refused by default: most likely not one study)",
     )
-    g.add_argument("--quiet", action="store_true", help="no progress or summary on stderr/stdout")
+    add_quiet_option(g)
     m = p.add_argument_group("method")
     m.add_argument(
         "--method",
@@ -68,7 +70,7 @@ def register(subparsers) -> None:
         default=DEFAULT_METHOD,
         help=f"default {DEFAULT_METHOD} (best cross-validated); gmm, svgmm, ... are the paper's",
     )
-    m.add_argument("--classes", type=int, default=4, help="mixture components K")
+    add_mixture_options(m, classes=4, covariance="diag")
     m.add_argument("--init", choices=INITS, default="kmeans++", help="EM initialisation")
     m.add_argument(
         "--tol", type=float, default=1e-3, help="stop a slice when |dNLL| < tol (0: never)"
@@ -76,7 +78,6 @@ def register(subparsers) -> None:
     m.add_argument("--max-iter", type=int, default=100, help="EM iteration limit")
     m.add_argument("--seed", type=int, default=0, help="seed of every random step")
     m.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-    m.add_argument("--covariance", choices=COVARIANCE_TYPES, default="diag")
     m.add_argument(
         "--per-volume",
         action="store_true",
@@ -149,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
 
     def report(p) -> None:
         print(
-            f"\r  iteration {p.iteration}: {p.slices_done}/{p.slices_total} slices done",
+            f"\r  {p.slices_done}/{p.slices_total} slices finished (iteration {p.iteration})",
             end="",
             file=sys.stderr,
             flush=True,
@@ -166,6 +167,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"warning: {line}", file=sys.stderr)
     import warnings
 
+    if not args.quiet:
+        print(f"segmenting with {args.method} ...", file=sys.stderr, flush=True)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -192,20 +195,20 @@ def run(args: argparse.Namespace) -> int:
     if rv is not None:  # the RV the automatic ROI found orients `report`'s AHA segments
         labels = np.where(rv & (labels == 0), np.int32(RV.value), labels).astype(labels.dtype)
     path = io.save_labels(labels, case.geometry, out, overwrite=args.force)
-    if not args.quiet:
-        vals, counts = np.unique(labels[labels > 0], return_counts=True)
-        summary = ", ".join(f"{int(v)}: {int(c)}" for v, c in zip(vals, counts, strict=True))
-        clip = fit.params.get("clip", {})
-        n_clip = sum(clip.get("clipped_voxels", {}).values())
-        lo, hi = clip.get("percentiles") or (0, 100)
-        print(
-            f"{args.method}: {len(fit.slice_index)} slices, mean {np.mean(fit.n_iter_):.1f} "
-            f"iterations, fit {fit.seconds:.2f} s, total {time.perf_counter() - t0:.2f} s; "
-            f"{n_clip} ROI intensities clipped (statistics) to the {lo:g}-{hi:g} percentiles; "
-            f"wrote {path} ({summary})"
-        )
-        roi_source = None if args.roi is None else "auto" if args.roi == "auto" else "manual"
-        print(_burden_lines(fit, case.spacing_mm, roi_source))
+    # the summary is the result: printed even with --quiet
+    vals, counts = np.unique(labels[labels > 0], return_counts=True)
+    summary = ", ".join(f"{int(v)}: {int(c)}" for v, c in zip(vals, counts, strict=True))
+    clip = fit.params.get("clip", {})
+    n_clip = sum(clip.get("clipped_voxels", {}).values())
+    lo, hi = clip.get("percentiles") or (0, 100)
+    print(
+        f"{args.method}: {len(fit.slice_index)} slices, "
+        f"{_iterations_text(fit)}, fit {fit.seconds:.2f} s, total {time.perf_counter() - t0:.2f} s; "
+        f"{n_clip} ROI intensities clipped (statistics) to the {lo:g}-{hi:g} percentiles; "
+        f"wrote {path} ({summary})"
+    )
+    roi_source = None if args.roi is None else "auto" if args.roi == "auto" else "manual"
+    print(_burden_lines(fit, case.spacing_mm, roi_source))
     return 0
 
 
@@ -291,13 +294,23 @@ def _read_scribbles(path: str, case):
     return check_scribbles(arr, case.shape, name=str(path))
 
 
+def _iterations_text(fit) -> str:
+    """``"mean 10.0 EM iterations per slice"``, or nothing to say for a method without any."""
+    import numpy as np
+
+    n_iter = np.asarray(fit.n_iter_, dtype=float)
+    if n_iter.size == 0 or not np.isfinite(fit.nll_history).any():
+        return "no iterations (a single pass)"
+    return f"mean {n_iter.mean():.1f} iterations per slice"
+
+
 def _burden_lines(fit, spacing_mm, roi_source: str | None) -> str:
     """The clinical read-out of the labels and the error stated for it (or that none is)."""
     from napari_gmmseg.accuracy import accuracy_note, attach_interval, burden_readout
 
     note = accuracy_note(fit.params, roi_source)
-    interval = attach_interval(fit, roi_source, spacing_mm)
-    return f"burden: {burden_readout(fit.labels, spacing_mm, interval)}\n  {note}"
+    attach_interval(fit, roi_source, spacing_mm)
+    return f"burden: {burden_readout(fit.labels, spacing_mm, fit.params)}\n  {note}"
 
 
 def _segment(segment, case, roi, args, presence, report, options, keep_probabilities=False):
@@ -307,8 +320,8 @@ def _segment(segment, case, roi, args, presence, report, options, keep_probabili
         roi,
         channels=case.channels,
         method=args.method,
-        n_classes=args.classes,
-        covariance_type=args.covariance,
+        n_classes=args.n_classes,
+        covariance_type=args.covariance_type,
         init=args.init,
         tol=args.tol,
         max_iter=args.max_iter,
@@ -335,9 +348,12 @@ def _auto_roi(case, args: argparse.Namespace):
     from napari_gmmseg.errors import RoiError
     from napari_gmmseg.labels import RV
 
-    auto = find_roi(case.images, case.channels, case.spacing_mm)
+    from napari_gmmseg.cli._common import step
+
+    with step("automatic ROI (finding the LV in the bSSFP image)", quiet=args.quiet):
+        auto = find_roi(case.images, case.channels, case.spacing_mm)
     if not args.quiet:
-        print(f"automatic ROI ({auto.seconds:.1f} s):\n{format_qc(auto.qc)}", file=sys.stderr)
+        print(f"automatic ROI QC:\n{format_qc(auto.qc)}", file=sys.stderr)
     if args.roi_out:
         io.save_labels(auto.labels, case.geometry, args.roi_out, overwrite=args.force)
     if not auto.roi.any():

@@ -20,7 +20,6 @@ def register(subparsers) -> None:
             "with `napari-gmmseg segment ... --method deepsvg-mu --weights model.pt`. "
             "An existing file is never replaced unless --force is given."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("dataset", metavar="DATASET", help="labelled dataset folder")
     p.add_argument("--out", required=True, help="model file to write (e.g. model.pt)")

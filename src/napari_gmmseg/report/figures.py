@@ -46,6 +46,7 @@ def draw_bullseye(
     vmax: float = 100.0,
     unit: str = "%",
     annotate: bool = True,
+    text_color: str = "black",
 ) -> Any:
     """Draw a 17-segment bullseye of ``values_17`` (segment 1 first; NaN = absent) on ``ax``.
 
@@ -79,7 +80,7 @@ def draw_bullseye(
         if annotate:
             rm = (r0 + r1) / 2 if s != 17 else 0.0
             tm = np.radians((t1 + t2) / 2)
-            txt = f"{s}\n–" if absent else f"{s}\n{v:.0f}"
+            txt = f"{s}\n–" if absent else f"{s}\n{v:.0f}{unit}"
             lum = 0.299 * face[0] + 0.587 * face[1] + 0.114 * face[2]
             dark = lum > 0.5
             ax.text(
@@ -88,40 +89,54 @@ def draw_bullseye(
                 txt,
                 ha="center",
                 va="center",
-                fontsize=6.5,
+                fontsize=8,
                 color="black" if dark else "white",
             )
     ax.set_xlim(-4.2, 4.2)
     ax.set_ylim(-4.2, 4.2)
     ax.set_aspect("equal")
     ax.axis("off")
-    ax.set_title(title, fontsize=9)
-    ax.text(0, 4.15, "anterior", ha="center", va="bottom", fontsize=6)
-    ax.text(-4.15, 0, "septal", ha="right", va="center", fontsize=6, rotation=90)
+    ax.set_title(title, fontsize=9, color=text_color)
+    ax.text(0, 4.15, "anterior", ha="center", va="bottom", fontsize=8, color=text_color)
+    ax.text(-4.15, 0, "septal", ha="right", va="center", fontsize=8, rotation=90, color=text_color)
     sm = mpl.cm.ScalarMappable(norm=norm, cmap=cm)
     sm.set_array([])
     return sm
 
 
-def bullseye_figure(reports: Sequence[tuple[str, Any]], fig: Any = None, title: str = "") -> Any:
-    """Scar and edema (% of segment) bullseyes, one row per ``(name, CaseReport)``."""
+#: What the numbers in a bullseye cell are (the legend under the bullseyes).
+CELL_LEGEND = "each cell: AHA segment number, and % of that segment's myocardium"
+
+
+def bullseye_figure(
+    reports: Sequence[tuple[str, Any]], fig: Any = None, title: str = "", dark: bool = False
+) -> Any:
+    """Scar and edema (% of segment) bullseyes, one row per ``(name, CaseReport)``.
+
+    ``dark``: light text on a transparent background (napari's dark theme).
+    """
     from matplotlib.figure import Figure
 
     n = len(reports)
+    fg = "#e6e6e6" if dark else "black"
     if fig is None:
         fig = Figure(figsize=(7.6, 3.4 * n + 0.4), dpi=110, layout="constrained")
+    if dark:
+        fig.patch.set_alpha(0.0)
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(title, fontsize=10, color=fg)
     axes = fig.subplots(n, 2, squeeze=False)
     for row, (name, rep) in enumerate(reports):
         for col, (key, label, cmap) in enumerate(
             (("scar_pct", "scar", "magma_r"), ("edema_pct", "edema", "YlOrBr"))
         ):
             ax = axes[row, col]
-            sm = draw_bullseye(
-                ax, rep.column(key), title=f"{name}\n{label} (% of segment)", cmap=cmap
-            )
-            fig.colorbar(sm, ax=ax, fraction=0.046, pad=0.04, label="%")
+            heading = label if n == 1 else f"{name}: {label}"
+            sm = draw_bullseye(ax, rep.column(key), title=heading, cmap=cmap, text_color=fg)
+            bar = fig.colorbar(sm, ax=ax, fraction=0.046, pad=0.04)
+            bar.ax.tick_params(colors=fg, labelsize=8)
+            bar.set_label("% of segment", color=fg, fontsize=8)
+    fig.text(0.5, 0.005, CELL_LEGEND, ha="center", va="bottom", fontsize=8, color=fg)
     return fig
 
 
@@ -170,9 +185,24 @@ def _overlay(ax: Any, image: np.ndarray | None, labels: np.ndarray, segs: np.nda
     ax.imshow(np.where(edge, 1.0, np.nan), cmap="cool", vmin=0, vmax=1, interpolation="nearest")
     for s in np.unique(segs[segs > 0]):
         rr, cc = np.nonzero(segs == s)
-        ax.text(cc.mean(), rr.mean(), str(s), color="white", fontsize=6, ha="center", va="center")
-    ax.set_title(title, fontsize=7)
+        ax.text(cc.mean(), rr.mean(), str(s), color="white", fontsize=8, ha="center", va="center")
+    # orientation: the standard short-axis view, anterior up and septum (RV side) left
+    for x, y, text, ha, va in (
+        (0.5, 0.99, "A", "center", "top"),
+        (0.01, 0.5, "S", "left", "center"),
+        (0.5, 0.01, "I", "center", "bottom"),
+        (0.99, 0.5, "L", "right", "center"),
+    ):
+        ax.text(x, y, text, transform=ax.transAxes, ha=ha, va=va, fontsize=8,
+                color="#ffd24d", fontweight="bold")  # fmt: skip
+    ax.set_title(title, fontsize=9)
     ax.axis("off")
+
+
+def _apex_words(rep: Any) -> str:
+    """Which end of the stack is the apex, in words."""
+    end = "the last slice" if rep.apex_last else "the first slice"
+    return f"{end} of {len(rep.frames)}"
 
 
 def _totals_text(name: str, rep: Any) -> str:
@@ -206,7 +236,37 @@ def _segment_table(ax: Any, reports: Sequence[tuple[str, Any]]) -> None:
         cellLoc="center",
     )
     table.auto_set_font_size(False)
-    table.set_fontsize(7)
+    table.set_fontsize(8)
+
+
+def report_details(
+    case: str | None,
+    labels_zyx: np.ndarray,
+    spacing_mm: Sequence[float],
+    *,
+    method: str | None = None,
+    roi: str | None = None,
+    params: Any = None,
+    stated_error: str | None = None,
+    date: str | None = None,
+) -> list[tuple[str, str]]:
+    """The page header's lines: case and date, method and ROI, burden, stated error.
+
+    The burden comes from :func:`napari_gmmseg.accuracy.burden_summary` (with a method's
+    95 % interval when ``params`` carries one).
+    """
+    import time
+
+    from napari_gmmseg.accuracy import burden_summary
+
+    lines = [("case", f"{case or 'unnamed'} · report of {date or time.strftime('%Y-%m-%d')}")]
+    if method or roi:
+        lines.append(("segmentation", f"{method or 'not recorded'} · ROI: {roi or 'not recorded'}"))
+    summary = burden_summary(labels_zyx, spacing_mm, params)
+    lines += summary.rows()[:4]
+    if stated_error:
+        lines.append(("stated error", stated_error))
+    return lines
 
 
 def report_figure(
@@ -218,6 +278,7 @@ def report_figure(
     manual: tuple[Any, np.ndarray] | None = None,
     title: str = "",
     max_slices: int = 6,
+    details: Sequence[tuple[str, str]] = (),
 ) -> Any:
     """The one-page case report: slice overlays, bullseyes, segment table and totals.
 
@@ -237,6 +298,9 @@ def report_figure(
         Page title (case id, method).
     max_slices : int
         Slices shown (evenly spread base to apex when there are more).
+    details : sequence of (str, str)
+        ``(name, value)`` lines under the title: case, date, method, ROI, the burden (with
+        its interval when reported) and the stated error (:func:`report_details`).
     """
     from matplotlib.figure import Figure
 
@@ -247,10 +311,22 @@ def report_figure(
     frames = [frames[int(i)] for i in pick]
     sp = (float(spacing_mm[1]), float(spacing_mm[2]))
     fig = Figure(figsize=(11.7, 8.3), dpi=110)  # A4 landscape
-    fig.suptitle(title or "AHA 17-segment report", fontsize=12)
+    fig.suptitle(title or "AHA 17-segment report", fontsize=13, x=0.01, ha="left", y=0.995)
+    top = 0.93
+    if details:
+        text = "\n".join(f"{name}: {value}" for name, value in details)
+        fig.text(0.01, 0.965, text, va="top", ha="left", fontsize=8, wrap=True)
+        top = 0.93 - 0.017 * len(details)
     grid = fig.add_gridspec(
-        3, max(len(frames), 4), height_ratios=[1.0, 1.25, 0.8], top=0.93, bottom=0.02, hspace=0.15
+        3, max(len(frames), 4), height_ratios=[1.0, 1.25, 0.8], top=top, bottom=0.02, hspace=0.2
     )
+    from matplotlib.patches import Patch
+
+    key = [Patch(color=t.color[:3], label=f"{t.name}") for t in (SCAR, EDEMA, RV)] + [
+        Patch(facecolor="none", edgecolor="#ff00ff", label="AHA segment border")
+    ]
+    fig.legend(handles=key, loc="upper right", fontsize=8, ncol=4, frameon=False,
+               bbox_to_anchor=(0.995, 0.995), title="slice colours", title_fontsize=8)  # fmt: skip
     segs_all = rep.segments_zyx
     myo = np.isin(labels_zyx, MYOCARDIUM_VALUES)
     for i, f in enumerate(frames):
@@ -271,15 +347,16 @@ def report_figure(
             (("scar_pct", "scar", "magma_r"), ("edema_pct", "edema", "YlOrBr"))
         ):
             ax = fig.add_subplot(sub[0, 2 * j + k])
-            sm = draw_bullseye(ax, r.column(key), title=f"{name}: {label} %", cmap=cmap)
-            fig.colorbar(sm, ax=ax, fraction=0.046, pad=0.02)
+            sm = draw_bullseye(ax, r.column(key), title=f"{name}: {label}", cmap=cmap)
+            fig.colorbar(sm, ax=ax, fraction=0.046, pad=0.02).ax.tick_params(labelsize=8)
     ax = fig.add_subplot(grid[2, :])
     ax.axis("off")
     lines = [_totals_text(name, r) for name, r, _ in rows]
+    lines.append(CELL_LEGEND + " (bullseye colour scale: % of segment, not a tissue colour)")
     lines.append(
-        f"orientation: apex at the {rep.meta['apex']} ({rep.meta['apex_rule']}); septum from the "
-        "RV insertion points;\n             segments counter-clockwise viewed from the apex "
-        "(AHA 2002); slices shown anterior up, septum left"
+        "slices in the standard short-axis view: A anterior (up), S septal (left), "
+        "I inferior, L lateral;\nsegments numbered as AHA 2002, septum placed from the RV "
+        f"insertion points; apex end of the stack: {_apex_words(rep)}"
     )
     ax.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", fontsize=8, family="monospace")
     _segment_table(ax, [(name, r) for name, r, _ in rows])

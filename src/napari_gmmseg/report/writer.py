@@ -108,6 +108,7 @@ def write_report(
     manual: tuple[Any, np.ndarray] | None = None,
     title: str = "",
     overwrite: bool = False,
+    details: Sequence[tuple[str, str]] = (),
 ) -> list[Path]:
     """Write ``segments.csv``, ``slices.csv``, ``segments.nii.gz``, ``bullseye.png``, ``report.pdf/png``.
 
@@ -129,6 +130,8 @@ def write_report(
         Report page title.
     overwrite : bool
         Replace existing outputs.
+    details : sequence of (str, str)
+        Header lines of the page (:func:`napari_gmmseg.report.figures.report_details`).
 
     Returns
     -------
@@ -161,7 +164,13 @@ def write_report(
     pairs = [(first, rep)] + ([("manual", manual[0])] if manual else [])
     written.append(_savefig(bullseye_figure(pairs), out / "bullseye.png", overwrite, "png"))
     page = report_figure(
-        rep, labels_zyx, geometry.spacing_mm, image_zyx=image_zyx, manual=manual, title=title
+        rep,
+        labels_zyx,
+        geometry.spacing_mm,
+        image_zyx=image_zyx,
+        manual=manual,
+        title=title,
+        details=details,
     )
     written.append(_savefig(page, out / "report.pdf", overwrite, "pdf"))
     written.append(_savefig(page, out / "report.png", overwrite, "png"))
