@@ -43,9 +43,9 @@ __all__ = [
     "burden_readout",
     "burden_summary",
     "interval_from_residuals",
-    "stated_interval",
     "load_stated_accuracy",
     "stated_accuracy_for",
+    "stated_interval",
 ]
 
 #: The shipped statements (one file, read once).

@@ -345,10 +345,9 @@ def _auto_roi(case, args: argparse.Namespace):
 
     from napari_gmmseg import io
     from napari_gmmseg.autoroi import find_roi, format_qc
+    from napari_gmmseg.cli._common import step
     from napari_gmmseg.errors import RoiError
     from napari_gmmseg.labels import RV
-
-    from napari_gmmseg.cli._common import step
 
     with step("automatic ROI (finding the LV in the bSSFP image)", quiet=args.quiet):
         auto = find_roi(case.images, case.channels, case.spacing_mm)
