@@ -195,3 +195,35 @@ def test_folds_file_is_a_partition_of_the_development_set(repo_root):
     folds = json.loads((repo_root / "benchmarks" / "folds_myops_dev.json").read_text())["folds"]
     ids = [c for f in folds for c in f]
     assert len(folds) == 5 and sorted(ids) == [str(i) for i in range(3001, 3026)]
+
+
+def test_segment_writes_what_report_needs_and_report_drops_a_stale_interval(
+    sample_data_dir, tmp_path, capsys
+):
+    """``segment`` leaves ``OUT.json`` (method, ROI, intervals); ``report`` states them, but
+    not for labels edited since."""
+    from napari_gmmseg import io
+    from napari_gmmseg.cli import main
+    from napari_gmmseg.cli.report import _segmentation_record
+
+    t = sample_data_dir / "train25"
+    out = tmp_path / "seg.nii.gz"
+    args = ["segment", "--bssfp", str(t / "myops_training_1001_C0.nii.gz")]
+    args += ["--lge", str(t / "myops_training_1001_DE.nii.gz")]
+    args += ["--t2", str(t / "myops_training_1001_T2.nii.gz")]
+    args += ["--roi", str(sample_data_dir / "train25_myops_gd/myops_training_1001_gd.nii.gz")]
+    assert main([*args, "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    record = io.read_sidecar(out)
+    assert record["method"] == "tissue-net" and record["roi"] == "manual LV ROI"
+    ci = record["burden_interval"]
+    assert ci["scar_pct"][0] <= record["burden"]["scar_pct"] <= ci["scar_pct"][1]
+    assert f"95 % interval {ci['scar_pct'][0]:.1f}-{ci['scar_pct'][1]:.1f}" in printed
+    assert main([*args, "--out", str(out), "--quiet"]) == 1  # the sidecar is not replaced either
+    assert "exists" in capsys.readouterr().err
+    labels = io.read_labels(out)
+    spacing = io.read_volume(out)[1].spacing_mm
+    assert _segmentation_record(out, labels, spacing)["burden_interval"] == ci
+    edited = np.where(labels == 200, 2221, labels)
+    assert "burden_interval" not in _segmentation_record(out, edited, spacing)
+    assert "labels changed" in capsys.readouterr().err

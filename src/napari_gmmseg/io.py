@@ -60,9 +60,12 @@ __all__ = [
     "load_case",
     "load_case_from_paths",
     "read_labels",
+    "read_sidecar",
     "read_volume",
     "save_labels",
+    "save_sidecar",
     "save_volume",
+    "sidecar_path",
 ]
 
 
@@ -1513,3 +1516,54 @@ def save_labels(
     lo, hi = (int(lab.min()), int(lab.max())) if lab.size else (0, 0)
     dtype = np.int16 if lo >= -32768 and hi <= 32767 else np.int32
     return save_volume(lab, geometry, path, overwrite=overwrite, dtype=dtype)
+
+
+# --------------------------------------------------------------------------- sidecar
+#: Tag of the JSON written beside a label map by ``segment`` (:func:`save_sidecar`).
+SIDECAR_FORMAT = "napari-gmmseg segmentation 1"
+
+
+def sidecar_path(labels_path: str | os.PathLike) -> Path:
+    """The JSON beside a label map: ``seg.nii.gz`` -> ``seg.json``."""
+    path = Path(labels_path)
+    name = path.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return path.with_name(f"{name}.json")
+
+
+def save_sidecar(labels_path: str | os.PathLike, record: dict, *, overwrite: bool = False) -> Path:
+    """Write what made a label map (method, ROI, burden intervals, stated error) beside it.
+
+    The ``report`` command reads it back (:func:`read_sidecar`) so the report page shows the
+    method, the ROI source and each burden's interval. Atomic; an existing file is replaced
+    only with ``overwrite``.
+    """
+    import json
+
+    path = sidecar_path(labels_path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} exists (use --force to overwrite)")
+    text = json.dumps({"format": SIDECAR_FORMAT, **record}, indent=1, default=str)
+    tmp = _make_temp(path, ".json")
+    try:
+        Path(tmp).write_text(text + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_sidecar(labels_path: str | os.PathLike) -> dict | None:
+    """The record :func:`save_sidecar` wrote beside ``labels_path``, or None (absent or foreign)."""
+    import json
+
+    path = sidecar_path(labels_path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("format") == SIDECAR_FORMAT else None

@@ -92,7 +92,16 @@ def _run(args: argparse.Namespace) -> int:
 
         case_name = _case_name(args.labels)
         title = args.title or f"Case {case_name}: scar and edema, AHA 17 segments"
-        details = report_details(case_name, labels, geometry.spacing_mm)
+        made = _segmentation_record(args.labels, labels, geometry.spacing_mm)
+        details = report_details(
+            made.get("case_id") or case_name,
+            labels,
+            geometry.spacing_mm,
+            method=made.get("method"),
+            roi=made.get("roi"),
+            params=made,
+            stated_error=made.get("stated_error"),
+        )
         details.insert(1, ("label map", str(args.labels)))
         files = write_report(
             out,
@@ -169,3 +178,33 @@ def register(subparsers) -> None:
 
     add_quiet_option(p)
     p.set_defaults(func=_run)
+
+
+def _segmentation_record(path, labels, spacing_mm) -> dict:
+    """What ``segment`` wrote beside the label map (method, ROI, intervals, stated error).
+
+    Empty when there is none; without its intervals (with a warning) when the labels were
+    changed since (their burden differs from the recorded one), since the interval belongs
+    to the segmentation it was stated for.
+    """
+    import math
+
+    from napari_gmmseg.io import read_sidecar
+    from napari_gmmseg.metrics import burden
+
+    made = dict(read_sidecar(path) or {})
+    recorded = made.get("burden") or {}
+    now = burden(labels, spacing_mm)
+    same = all(
+        isinstance(recorded.get(k), (int, float))
+        and math.isclose(recorded[k], now[k], abs_tol=0.05)
+        for k in ("scar_pct", "edema_pct")
+    )
+    if made.get("burden_interval") and not same:
+        print(
+            "warning: the labels changed since `segment` stated their burden intervals; "
+            "the report shows none",
+            file=sys.stderr,
+        )
+        made.pop("burden_interval")
+    return made

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from napari_gmmseg.methods import DEFAULT_METHOD, INITS, METHODS
 
@@ -209,17 +210,45 @@ def run(args: argparse.Namespace) -> int:
     )
     roi_source = None if args.roi is None else "auto" if args.roi == "auto" else "manual"
     print(_burden_lines(fit, case.spacing_mm, roi_source))
+    _write_sidecar(path, fit, case, roi_source, args.force)
     return 0
+
+
+def _write_sidecar(path, fit, case, roi_source: str | None, force: bool) -> None:
+    """``OUT.json`` beside the labels: what ``report`` needs to state method, ROI and intervals."""
+    import datetime
+
+    from napari_gmmseg import io
+    from napari_gmmseg.accuracy import ROI_SOURCES, accuracy_note
+    from napari_gmmseg.metrics import burden
+
+    io.save_sidecar(
+        path,
+        {
+            "labels": Path(path).name,
+            "case_id": case.case_id,
+            "sources": {k: str(v) for k, v in case.sources.items()},
+            "method": fit.params.get("method"),
+            "method_options": fit.params.get("method_options"),
+            "roi": ROI_SOURCES.get(roi_source or "", "whole slices"),
+            "burden": {k: float(v) for k, v in burden(fit.labels, case.spacing_mm).items()},
+            "burden_interval": fit.params.get("burden_interval"),
+            "member_burden": fit.params.get("member_burden"),
+            "stated_error": accuracy_note(fit.params, roi_source),
+            "date": datetime.date.today().isoformat(),
+        },
+        overwrite=force,
+    )
 
 
 #: Engine flags a pipeline method (its own classes and iterations) does not take, with
 #: their defaults: given otherwise, they are refused instead of silently ignored.
 _ENGINE_FLAGS = {
-    "classes": ("--classes", 4),
+    "n_classes": ("--classes", 4),
     "init": ("--init", "kmeans++"),
     "tol": ("--tol", 1e-3),
     "max_iter": ("--max-iter", 100),
-    "covariance": ("--covariance", "diag"),
+    "covariance_type": ("--covariance", "diag"),
     "per_volume": ("--per-volume", False),
 }
 
@@ -241,6 +270,7 @@ def _check_request(args: argparse.Namespace) -> None:
     inputs += tuple(getattr(args, n, None) for n in ("weights", "mu_data", "model"))
     nifti = (".nii.gz", ".nii")
     io.check_output(args.out, suffixes=nifti, force=args.force, inputs=inputs)
+    io.check_output(io.sidecar_path(args.out), suffixes=(".json",), force=args.force, inputs=inputs)
     if args.roi_out:
         if args.roi != "auto":
             raise RoiError("--roi-out writes the automatic ROI: it needs --roi auto")
