@@ -99,7 +99,7 @@ def test_burden_readout_gives_volumes_and_percent_of_lv_myocardium():
     # myocardium 100 voxels = 4.0 mL; scar 0.8 mL = 20 %; edema 1.2 mL = 30 %
     # area at risk = scar ∪ edema = 50 %; salvage index (50 - 20) / 50 = 60 %
     assert text == (
-        "LV myocardium 4.0 mL; scar 0.8 mL (20.0 % of LV myocardium); edema 1.2 mL (30.0 %); "
+        "LV myocardium 4.0 mL; scar 0.8 mL, 20.0 % of LV myocardium; edema 1.2 mL, 30.0 %; "
         "area at risk 50.0 %; salvage index 60 % of the area at risk"
     )
     assert "no burden" in burden_readout(np.zeros((1, 4, 4), dtype=np.int32), (1, 1, 1))

@@ -169,8 +169,9 @@ def test_default_method_on_a_real_case_states_an_interval(real_data_dir):
     assert fit.params["method"] == "tissue-net"
     b = burden(fit.labels, case.spacing_mm)
     ci = fit.params["burden_interval"]
-    for q in ("scar_pct", "edema_pct", "scar_edema_pct"):
-        assert 0 <= ci[q][0] <= b[q] <= ci[q][1] <= 100
+    for key, q in (("scar_pct", "scar_pct"), ("edema_pct", "edema_pct")):
+        assert 0 <= ci[key][0] <= b[q] <= ci[key][1] <= 100
+    assert ci["area_at_risk_pct"][0] <= b["scar_edema_pct"] <= ci["area_at_risk_pct"][1]
     gt = burden(np.where(np.isin(case.labels, LV_ROI_VALUES), case.labels, 0), case.spacing_mm)
     assert abs(b["scar_edema_pct"] - gt["scar_edema_pct"]) < 25
 

@@ -326,13 +326,14 @@ class BurdenSummary:
         """Whether any LV myocardium is labelled (else there is no burden)."""
         return self.myocardium_ml > 0
 
-    def pct(self, key: str) -> str:
+    def pct(self, key: str, of: str = "") -> str:
         """``"12.3 %"`` or ``"12.3 % (95 % interval 8.1-15.0)"`` for a key of
-        :data:`INTERVAL_KEYS`; ``"n/a"`` when not finite."""
+        :data:`INTERVAL_KEYS` (``of``, e.g. ``" of LV myocardium"``, before the interval);
+        ``"n/a"`` when not finite."""
         value = float(getattr(self, key))
         if not math.isfinite(value):
             return "n/a"
-        text = f"{value:.1f} %"
+        text = f"{value:.1f} %{of}"
         if key in self.interval:
             lo, hi = self.interval[key]
             text += f" (95 % interval {lo:.1f}-{hi:.1f})"
@@ -366,9 +367,9 @@ class BurdenSummary:
         if not self.has_myocardium:
             return "no LV myocardium labelled: no burden"
         return (
-            f"LV myocardium {self.myocardium_ml:.1f} mL; scar {self.scar_ml:.1f} mL "
-            f"({self.pct('scar_pct')} of LV myocardium); edema {self.edema_ml:.1f} mL "
-            f"({self.pct('edema_pct')}); area at risk {self.pct('area_at_risk_pct')}; "
+            f"LV myocardium {self.myocardium_ml:.1f} mL; scar {self.scar_ml:.1f} mL, "
+            f"{self.pct('scar_pct', ' of LV myocardium')}; edema {self.edema_ml:.1f} mL, "
+            f"{self.pct('edema_pct')}; area at risk {self.pct('area_at_risk_pct')}; "
             f"salvage index {self.salvage()}"
         )
 
