@@ -40,6 +40,7 @@ CONFIGS: dict[str, tuple[str, dict]] = {
     "tissue-net, network alone (no GMM adaptation)": ("tissue-net", {"adapt_iterations": 0}),
     "tissue-net, 3 adaptation iterations": ("tissue-net", {"adapt_iterations": 3}),
     "tissue-net, no test-time flips": ("tissue-net", {"flips": False}),
+    "tissue-net, ROI trimmed by the network": ("tissue-net", {"trim_roi": True}),
     "tissue-classifier (previous default, MLP)": ("tissue-classifier", {}),
 }
 QUANTITIES = {"scar": "scar_pct", "edema": "edema_pct", "area at risk": "scar_edema_pct"}

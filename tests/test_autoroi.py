@@ -112,7 +112,7 @@ def test_network_on_phantom_finds_lv_and_qc_skips_a_bad_case():
     fit = segment_case(small, roi="auto", method="gmm", seed=0)
     qc = fit.params["roi_qc"]
     skipped = [row["slice"] for row in qc if not row["ok"]]
-    assert skipped and all("ring_open" in qc[z]["flags"] for z in skipped)
+    assert skipped and all(set(qc[z]["flags"].split(";")) & set(autoroi.FAILING_FLAGS) for z in skipped)
     assert not np.asarray(fit.labels)[skipped].any(), "a slice failing QC was segmented"
     assert np.asarray(fit.labels).any()
     assert fit.params["roi"] == "auto"
@@ -172,7 +172,7 @@ def test_cli_segment_roi_auto_end_to_end(phantom_dataset, tmp_path, capsys):
     # RV it refuses); slice 2's RV does not touch its myocardium: from its neighbour
     capsys.readouterr()
     assert main(["report", str(out), "--out", str(tmp_path / "report")]) == 0
-    assert capsys.readouterr().err.strip() == "slice 2: oriented from slice 1"
+    assert "slice 2: oriented from slice 1" in capsys.readouterr().err.splitlines()
 
 
 def test_evaluate_roi_auto_writes_qc_dice_and_reuses_an_edited_roi(phantom_dataset, tmp_path):

@@ -10,6 +10,7 @@ import pytest
 
 from napari_gmmseg.cli import build_parser, main
 from napari_gmmseg.errors import GmmSegError
+from napari_gmmseg.methods import DEFAULT_METHOD
 
 
 class _FakeSlowStep:
@@ -54,7 +55,9 @@ def test_segment_says_it_segments_before_the_fit(sample_data_dir, tmp_path, caps
     fake = _FakeSlowStep(capsys)
     monkeypatch.setattr("napari_gmmseg.segment.segment", fake)
     out = tmp_path / "seg.nii.gz"
-    assert main(["segment", *_sample_args(sample_data_dir), "--out", str(out)]) == 1
+    mask = sample_data_dir / "train25_myops_gd" / "myops_training_1001_gd.nii.gz"
+    argv = ["segment", *_sample_args(sample_data_dir), "--roi", str(mask), "--out", str(out)]
+    assert main(argv) == 1
     assert fake.seen is not None and "segmenting with" in fake.seen
 
 
@@ -83,7 +86,8 @@ def test_evaluate_and_demo_name_the_case_before_it_runs(
         argv = ["demo", "--data", str(sample_data_dir), "--out", str(tmp_path / "ev")]
         argv += ["--methods", "tissue-classifier"]
     assert main(argv) == 1  # the fake step fails the case(s)
-    assert fake.seen is not None and "1001 tissue-classifier: segmenting" in fake.seen
+    method = DEFAULT_METHOD if command == "evaluate" else "tissue-classifier"
+    assert fake.seen is not None and f"1001 {method}: segmenting" in fake.seen
 
 
 def test_step_prints_a_heartbeat_while_a_step_runs(monkeypatch, capsys):

@@ -130,9 +130,11 @@ def test_what_naming_does_with_k_other_than_four_is_said_or_refused():
         check_n_components(MAX_COMPONENTS_PER_CLASS * 4 + 1)
     case = make_case(0, n_slices=1, size=64)
     with pytest.raises(ModelError, match="one component"):
-        segment(case.images, case.roi(), n_classes=1, device="cpu")  # was: all edema
+        segment(case.images, case.roi(), method="gmm", n_classes=1, device="cpu")  # was: all edema
     with pytest.raises(ModelError, match="per tissue class"):
-        segment(case.images, case.roi(), n_classes=50, device="cpu")  # was: silent collapse
+        segment(
+            case.images, case.roi(), method="gmm", n_classes=50, device="cpu"
+        )  # was: silent collapse
     with pytest.warns(UserWarning, match="merged into the class"):
-        fit = segment(case.images, case.roi(), n_classes=5, max_iter=5, device="cpu")
+        fit = segment(case.images, case.roi(), method="gmm", n_classes=5, max_iter=5, device="cpu")
     assert set(np.unique(fit.labels[case.roi()])) <= {200, 500, 1220, 2221}

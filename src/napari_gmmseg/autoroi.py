@@ -56,7 +56,7 @@ MAX_AREA_JUMP = 2.5  # LV area ratio to every neighbouring slice that flags a ju
 #: slice of myops_real, myops_dev and myops_unlabelled):
 MIN_CONFIDENCE = 0.80  # mean network probability of LV (blood pool + myocardium) in its LV
 MAX_LV_AREA_MM2 = 12000.0  # a 124 mm disc: larger than any LV
-MIN_RV_FRACTION = 0.5  # of the slices with an LV that must show an RV, else no slice passes
+MIN_RV_FRACTION = 0.3  # of the slices with an LV that must show an RV, else no slice passes
 #: Flags that make a slice fail QC (skipped); the others only warn.
 FAILING_FLAGS = ("no_lv", "ring_open", "area_jump", "low_confidence", "lv_too_large", "no_rv")
 

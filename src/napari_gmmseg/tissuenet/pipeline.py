@@ -3,7 +3,9 @@
 1. LV-centred crops of bSSFP, LGE, T2 and the ROI at 0.8 mm (:mod:`.crops`) go through every
    member of the shipped ensemble (:mod:`.model`; test-time flips averaged) and the class
    probabilities come back to the scan's own grid;
-2. ROI pixels the network calls ``outside`` (not LV tissue) leave the ROI;
+2. with ``trim_roi``, ROI pixels the network calls ``outside`` (not LV tissue) leave the ROI
+   (off by default: a drawn or edited ROI is the user's statement of where the LV is; the
+   cross-validated effect is in ``docs/tissue_net.md``);
 3. the ensemble's blood pool / myocardium / edema / scar probabilities are the per-pixel
    mixing weights Pi of a spatially variant GMM fitted by EM on each slice
    (:func:`napari_gmmseg.classifier.adapt.adapt_per_slice`): the scan's own contrast moves
@@ -49,6 +51,10 @@ class TissueNetOptions:
         metadata={"help": "per-slice EM iterations with the network as mixing weights (0: off)"},
     )
     flips: bool = field(default=True, metadata={"help": "average over test-time flips"})
+    trim_roi: bool = field(
+        default=False,
+        metadata={"help": "leave out ROI pixels the network calls outside the LV"},
+    )
     spacing_mm: tuple[float, float, float] | None = field(
         default=None, metadata={"help": "voxel spacing (z, y, x)", "cli": False}
     )
@@ -67,6 +73,7 @@ def labels_from_probabilities(
     channels: Sequence[str],
     *,
     adapt_iterations: int = ADAPT_ITERATIONS,
+    trim_roi: bool = False,
     device: Any = "cpu",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """MyoPS labels from the network's probabilities, adapted per slice.
@@ -79,6 +86,9 @@ def labels_from_probabilities(
         ``(Z, Y, X, C)`` intensities named by ``channels``.
     roi : numpy.ndarray
         ``(Z, Y, X)`` bool ROI.
+    trim_roi : bool
+        Leave out the ROI pixels the network calls ``outside`` (else every ROI pixel takes
+        its most probable tissue class).
 
     Returns
     -------
@@ -94,7 +104,9 @@ def labels_from_probabilities(
     from napari_gmmseg.tissuenet.model import INPUT_CHANNELS
 
     p = np.moveaxis(np.asarray(prob, dtype=np.float32), 1, -1)  # (Z, Y, X, 5)
-    kept = np.asarray(roi, dtype=bool) & (p[..., 4] < p[..., :4].max(-1))
+    kept = np.asarray(roi, dtype=bool)
+    if trim_roi:
+        kept = kept & (p[..., 4] < p[..., :4].max(-1))
     tissue = np.zeros((*kept.shape, 4), dtype=np.float32)
     if kept.any():
         pi = p[kept][:, :4]
@@ -193,6 +205,7 @@ def fit_pipeline(
         "channels": list(channels),
         "adapt_iterations": int(options.adapt_iterations),
         "flips": bool(options.flips),
+        "trim_roi": bool(options.trim_roi),
         "spacing_mm": list(spacing_mm),
         "model": {"members": len(members), "sha256": ensemble.meta.get("sha256", "")},
         "member_burden": member_burden,
