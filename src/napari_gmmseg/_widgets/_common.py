@@ -108,7 +108,8 @@ def clear_case(viewer) -> int:
     """
     gone = [lay for lay in list(viewer.layers) if is_plugin_layer(lay)]
     for layer in reversed(gone):
-        viewer.layers.remove(layer)
+        if layer in viewer.layers:  # a dock may have removed it already (Report: its AHA layer)
+            viewer.layers.remove(layer)
     return len(gone)
 
 
