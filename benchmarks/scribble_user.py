@@ -7,7 +7,9 @@ and draws one short stroke inside it (up to 11 pixels of the region's skeleton a
 deepest point, 3 pixels wide, clipped to the region) labelled with the truth there; then
 Refine (:func:`napari_gmmseg.refine.refine` of the automatic result with every stroke so far,
 refitting only the stroke's slice). Up to ``--steps`` strokes per case. The baseline paints
-the same strokes into the automatic result without refit (what a user has with a brush).
+the same strokes into the automatic result without refit (what a user has with a brush); the
+whole-region ceiling repaints, at every step, the entire largest error region of its own
+result (the best any one-region-per-stroke correction can do).
 
 Reported per case: scar Dice, scar ∪ edema Dice (as named) and scar burden error
 (percentage points of LV myocardium) after 0, 1, 3, 5 strokes, for refit and paint-only,
@@ -15,7 +17,8 @@ and the seconds of every refine.
 
     nice -n 19 python benchmarks/scribble_user.py                       # all cases, 5-fold
     nice -n 19 python benchmarks/scribble_user.py --cases 3016,3017 --out scribbles.md
-    python benchmarks/scribble_user.py --model-dir models/ --folds benchmarks/folds_myops_dev.json
+    python benchmarks/scribble_user.py --method tissue-net --model-dir bench_out/tn2500 \
+        --folds benchmarks/folds_myops_dev.json --roi-dir bench_out/tn2500/autoroi --fit-cache F
 
 Models: with ``--model-dir DIR`` the case's fold model ``DIR/fold<i>.*`` (``i`` the fold that
 holds the case out, from 0) is passed as the method's ``model`` option; otherwise the method's
@@ -266,7 +269,9 @@ def main(argv: list[str] | None = None) -> int:
         "--roi-dir", default=None, help="cached automatic ROIs <id>.npz (key roi); default: found"
     )
     p.add_argument(
-        "--fit-cache", default=None, help="folder of automatic results <id>.pkl, reused/written"
+        "--fit-cache",
+        default=None,
+        help="folder of automatic results <id>.pkl, reused/written (one folder per method+model)",
     )
     p.add_argument("--cases", default=None, help="comma-separated case ids (default: all)")
     p.add_argument("--steps", type=int, default=max(REPORT_AT))

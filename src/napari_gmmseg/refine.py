@@ -6,26 +6,19 @@ where a stroke says what the tissue is. :func:`refine` works from what every met
 in its :class:`~napari_gmmseg.fit.Fit` (labels, class-ordered probabilities) plus the images,
 and for every slice a stroke touches:
 
-1. **Pi from the fit**: the method's class probabilities of the slice's ROI pixels become the
-   mixing weights Pi of a spatially variant GMM (as in ``tissue-classifier``'s adaptation),
-   mixed with a little of the uniform distribution (:data:`PI_FLOOR`) so that the strokes can
-   move a confident result;
-2. **Pi reweighted from the strokes**: the stroke pixels of a class give a Gaussian of their
-   intensities (shrunk towards that class's Gaussian in the slice); every pixel of the slice
-   whose intensities are similar to it, and that lies near the stroke (Gaussian fall-off with
-   :data:`REACH_MM`), moves its Pi towards that class;
-3. **clamped EM**: the slice's per-class Gaussians are refitted by the EM of
-   :func:`napari_gmmseg.classifier.adapt.adapt_per_slice` with the stroke pixels as hard
-   constraints (their Pi is one-hot, so their responsibility is that class up to the
-   1e-8 floor of that EM, and it is set exactly afterwards);
-4. **spatial step**: :func:`skimage.segmentation.random_walker` on the slice's intensities,
-   seeded with the stroke pixels and with the fit's labels farther than :data:`REACH_MM`
-   from any stroke;
-5. **what changes**: a stroke pixel takes its class; a pixel within :data:`REACH_MM` of a
-   stroke takes the class of the EM with the strokes when that differs from the fit, is a
-   stroked class or differs from the same EM without the strokes (the change is the strokes'
-   doing, not the refit's), and the random walker times the EM agrees. Everything else keeps
-   the fit's label, so a stroke that agrees with the result changes (almost) nothing.
+1. **what each stroke points at**: the fit's label L under a stroke of class c; a stroke
+   that agrees with the labels under it points at nothing. Otherwise the *suspect region* C
+   is the in-plane connected component of L that the stroke lies in;
+2. **two Gaussians of the slice**: c's from the stroke's intensities shrunk towards c's
+   probability-weighted Gaussian in the slice (:data:`STROKE_SHRINKAGE`), L's from the fit's
+   probabilities of L outside C (the whole slice when fewer than :data:`MIN_CLASS_PIXELS`);
+3. **spatial step**: :func:`skimage.segmentation.random_walker` on C and its rim, seeded with
+   every stroke of the slice, every labelled pixel outside C, and the pixels of C whose
+   log-likelihood ratio favours L by more than :data:`LLR_MARGIN`;
+4. **what changes**: the stroke pixels, and every pixel of C that the walk ties to the stroke
+   (most probable seed class c). Everything else keeps the fit's label and probabilities, so
+   a stroke that agrees with the result changes nothing, and one short stroke inside a wrong
+   region flips the connected, similar-looking part of that region.
 
 Slices no stroke touches keep their labels, probabilities and per-slice parameters
 bit for bit. Stroke pixels outside the fit's ROI join the ROI of their slice.
@@ -47,8 +40,8 @@ from napari_gmmseg.fit import Fit, Progress
 from napari_gmmseg.labels import CLASS_NAMES, CLASS_VALUES
 
 __all__ = [
-    "PI_FLOOR",
-    "REACH_MM",
+    "LLR_MARGIN",
+    "MIN_CLASS_PIXELS",
     "RW_BETA",
     "SCRIBBLE_VALUES",
     "RefineSummary",
@@ -61,11 +54,6 @@ __all__ = [
 
 #: Values a scribble map may hold: 0 (nothing drawn) and the four tissue values.
 SCRIBBLE_VALUES: tuple[int, ...] = (0, *CLASS_VALUES)
-#: Share of the uniform distribution mixed into the fit's probabilities before they become Pi.
-PI_FLOOR = 0.05
-#: Reach of a stroke (mm): the Gaussian fall-off of its Pi reweighting, and the distance
-#: beyond which the fit's labels are kept and seed the random walker.
-REACH_MM = 40.0
 #: ``beta`` of :func:`skimage.segmentation.random_walker` (larger: stops harder at edges).
 RW_BETA = 130.0
 #: Pseudo-count of the slice's class Gaussian in a stroke's Gaussian (pixels).
@@ -178,20 +166,6 @@ def _fit_roi(fit: Fit) -> np.ndarray:
     if fit.components is not None and np.shape(fit.components) == roi.shape:
         roi |= np.asarray(fit.components) >= 0
     return roi
-
-
-def _slice_pi(prob: np.ndarray, cls: np.ndarray) -> np.ndarray:
-    """``(n, 4)`` Pi from the fit's class probabilities ``(n, 4)`` (None: its class indices
-    ``(n,)``), normalised and mixed with :data:`PI_FLOOR` of the uniform distribution."""
-    k = len(CLASS_VALUES)
-    if prob is None:  # no soft maps kept: the labels themselves
-        p = np.zeros((cls.size, k))
-        p[cls >= 0, cls[cls >= 0]] = 1.0
-    else:
-        p = np.asarray(prob, dtype=np.float64)
-    total = p.sum(1, keepdims=True)
-    p = np.where(total > 0, p / np.maximum(total, 1e-12), 1.0 / k)
-    return (1.0 - PI_FLOOR) * p + PI_FLOOR / k
 
 
 def _gaussian(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
