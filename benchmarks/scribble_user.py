@@ -173,7 +173,7 @@ def run_case(case, base, steps: int, seg_s: float = float("nan")) -> dict:
     refit = [scores(base.labels, gt, case.spacing_mm)]
     paint = [refit[0]]
     ceiling, whole = [refit[0]], np.array(base.labels, copy=True)
-    seconds = []
+    seconds, cpu = [], []
     for _ in range(steps):
         found = largest_error_region(current.labels, gt)
         if found is None:
@@ -182,9 +182,10 @@ def run_case(case, base, steps: int, seg_s: float = float("nan")) -> dict:
         strokes[z][stroke_in(region)] = value
         only_z = np.zeros_like(strokes)
         only_z[z] = strokes[z]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         current = merge_refined(current, refine(base, only_z, case))
         seconds.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
         refit.append(scores(current.labels, gt, case.spacing_mm))
         painted = np.where(strokes > 0, strokes, base.labels)
         paint.append(scores(painted, gt, case.spacing_mm))
@@ -204,6 +205,7 @@ def run_case(case, base, steps: int, seg_s: float = float("nan")) -> dict:
         "paint": paint,
         "ceiling": ceiling,
         "refine_s": seconds,
+        "refine_cpu_s": cpu,
     }
 
 
@@ -224,7 +226,7 @@ def report(rows: list[dict], header: str) -> str:
         lines += [
             f"**{title}** after N strokes (refit / paint-only / whole-region ceiling)",
             "",
-            f"| case | {cols} | s per refine |",
+            f"| case | {cols} | s per refine: wall; CPU |",
             "|---|" + "---|" * len(at) + "---|",
         ]
         for r in [*rows, None]:
@@ -233,18 +235,21 @@ def report(rows: list[dict], header: str) -> str:
                 paint = [np.nanmean([x["paint"][a][key] for x in rows]) for a in at]
                 ceil = [np.nanmean([x["ceiling"][a][key] for x in rows]) for a in at]
                 secs = [s for x in rows for s in x["refine_s"]]
+                cpus = [s for x in rows for s in x["refine_cpu_s"]]
                 name = f"mean ({len(rows)})"
             else:
                 refit = [r["refit"][a][key] for a in at]
                 paint = [r["paint"][a][key] for a in at]
                 ceil = [r["ceiling"][a][key] for a in at]
-                secs = r["refine_s"]
+                secs, cpus = r["refine_s"], r["refine_cpu_s"]
                 name = r["case"]
             cells = " | ".join(
                 _f(a, fmt) if i == 0 else f"{_f(a, fmt)} / {_f(b, fmt)} / {_f(c, fmt)}"
                 for i, (a, b, c) in enumerate(zip(refit, paint, ceil, strict=True))
             )
             sec = f"{np.mean(secs):.2f} (max {np.max(secs):.2f})" if secs else "-"
+            if cpus:
+                sec += f"; CPU {np.mean(cpus):.2f} (max {np.max(cpus):.2f})"
             lines.append(f"| {name} | {cells} | {sec} |")
         lines.append("")
     return "\n".join(lines)
