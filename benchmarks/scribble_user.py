@@ -7,7 +7,9 @@ and draws one short stroke inside it (up to 11 pixels of the region's skeleton a
 deepest point, 3 pixels wide, clipped to the region) labelled with the truth there; then
 Refine (:func:`napari_gmmseg.refine.refine` of the automatic result with every stroke so far,
 refitting only the stroke's slice). Up to ``--steps`` strokes per case. The baseline paints
-the same strokes into the automatic result without refit (what a user has with a brush).
+the same strokes into the automatic result without refit (what a user has with a brush); the
+whole-region ceiling repaints, at every step, the entire largest error region of its own
+result (the best any one-region-per-stroke correction can do).
 
 Reported per case: scar Dice, scar ∪ edema Dice (as named) and scar burden error
 (percentage points of LV myocardium) after 0, 1, 3, 5 strokes, for refit and paint-only,
@@ -15,7 +17,8 @@ and the seconds of every refine.
 
     nice -n 19 python benchmarks/scribble_user.py                       # all cases, 5-fold
     nice -n 19 python benchmarks/scribble_user.py --cases 3016,3017 --out scribbles.md
-    python benchmarks/scribble_user.py --model-dir models/ --folds benchmarks/folds_myops_dev.json
+    python benchmarks/scribble_user.py --method tissue-net --model-dir bench_out/tn2500 \
+        --folds benchmarks/folds_myops_dev.json --roi-dir bench_out/tn2500/autoroi --fit-cache F
 
 Models: with ``--model-dir DIR`` the case's fold model ``DIR/fold<i>.*`` (``i`` the fold that
 holds the case out, from 0) is passed as the method's ``model`` option; otherwise the method's
@@ -118,25 +121,59 @@ def _model_for(model_dir: str | None, fold: int) -> str | None:
     return str(found[0])
 
 
-def run_case(case, method: str, model: str | None, steps: int) -> dict:
-    """The simulated user on one case: per-step scores for refit and paint-only, timings."""
-    from napari_gmmseg.autoroi import find_roi
+def automatic_roi(case, roi_dir: str | None) -> np.ndarray:
+    """The case's automatic ROI: ``roi_dir/<case id>.npz`` (key ``roi``) when given, else
+    :func:`napari_gmmseg.autoroi.find_roi`."""
+    if roi_dir is None:
+        from napari_gmmseg.autoroi import find_roi
+
+        return find_roi(case.images, case.channels, case.spacing_mm).roi
+    path = Path(roi_dir) / f"{case.case_id}.npz"
+    if not path.exists():
+        raise SystemExit(f"{path}: no cached automatic ROI for case {case.case_id}")
+    roi = np.load(path)["roi"].astype(bool)
+    if roi.shape != case.labels.shape:
+        raise SystemExit(f"{path}: ROI of shape {roi.shape} is not the case's {case.labels.shape}")
+    return roi
+
+
+def base_fit(case, method: str, model: str | None, roi: np.ndarray, cache: str | None):
+    """``(fit, seconds)``: the method's automatic result, read from / written to
+    ``cache/<case id>.pkl`` when a cache folder is given (a local pickle: trusted input)."""
+    import pickle
+
     from napari_gmmseg.methods import get_method
     from napari_gmmseg.segment import segment_case
 
-    auto = find_roi(case.images, case.channels, case.spacing_mm)
+    path = None if cache is None else Path(cache) / f"{case.case_id}.pkl"
+    if path is not None and path.exists():
+        with path.open("rb") as fh:
+            return pickle.load(fh), float("nan")
     kw = {"method": method}
     if model is not None and get_method(method).accepts("model"):
         kw["model"] = model
     t0 = time.perf_counter()
-    base = segment_case(case, roi=auto.roi, **kw)
-    seg_s = time.perf_counter() - t0
+    fit = segment_case(case, roi=roi, **kw)
+    seconds = time.perf_counter() - t0
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("wb") as fh:
+            pickle.dump(fit, fh)
+        tmp.replace(path)
+    return fit, seconds
+
+
+def run_case(case, base, steps: int, seg_s: float = float("nan")) -> dict:
+    """The simulated user on one case from its automatic result ``base``: per-step scores
+    for refit and paint-only, timings."""
     gt = case.labels
     strokes = np.zeros(gt.shape, dtype=np.int32)
     current = base
     refit = [scores(base.labels, gt, case.spacing_mm)]
     paint = [refit[0]]
-    seconds = []
+    ceiling, whole = [refit[0]], np.array(base.labels, copy=True)
+    seconds, cpu = [], []
     for _ in range(steps):
         found = largest_error_region(current.labels, gt)
         if found is None:
@@ -145,21 +182,30 @@ def run_case(case, method: str, model: str | None, steps: int) -> dict:
         strokes[z][stroke_in(region)] = value
         only_z = np.zeros_like(strokes)
         only_z[z] = strokes[z]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         current = merge_refined(current, refine(base, only_z, case))
         seconds.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
         refit.append(scores(current.labels, gt, case.spacing_mm))
         painted = np.where(strokes > 0, strokes, base.labels)
         paint.append(scores(painted, gt, case.spacing_mm))
+        # ceiling: a user who fixes the whole largest error region of their own result
+        found = largest_error_region(whole, gt)
+        if found is not None:
+            whole[found[0]][found[1]] = found[2]
+        ceiling.append(scores(whole, gt, case.spacing_mm))
     while len(refit) <= steps:  # no error left: the result stays
         refit.append(refit[-1])
         paint.append(paint[-1])
+        ceiling.append(ceiling[-1])
     return {
         "case": case.case_id,
         "segment_s": seg_s,
         "refit": refit,
         "paint": paint,
+        "ceiling": ceiling,
         "refine_s": seconds,
+        "refine_cpu_s": cpu,
     }
 
 
@@ -178,27 +224,32 @@ def report(rows: list[dict], header: str) -> str:
         ("burden_err", "scar burden error (pp)", "{:+.1f}"),
     ):
         lines += [
-            f"**{title}** after N strokes (refit / paint-only)",
+            f"**{title}** after N strokes (refit / paint-only / whole-region ceiling)",
             "",
-            f"| case | {cols} | s per refine |",
+            f"| case | {cols} | s per refine: wall; CPU |",
             "|---|" + "---|" * len(at) + "---|",
         ]
         for r in [*rows, None]:
             if r is None:
                 refit = [np.nanmean([x["refit"][a][key] for x in rows]) for a in at]
                 paint = [np.nanmean([x["paint"][a][key] for x in rows]) for a in at]
+                ceil = [np.nanmean([x["ceiling"][a][key] for x in rows]) for a in at]
                 secs = [s for x in rows for s in x["refine_s"]]
+                cpus = [s for x in rows for s in x["refine_cpu_s"]]
                 name = f"mean ({len(rows)})"
             else:
                 refit = [r["refit"][a][key] for a in at]
                 paint = [r["paint"][a][key] for a in at]
-                secs = r["refine_s"]
+                ceil = [r["ceiling"][a][key] for a in at]
+                secs, cpus = r["refine_s"], r["refine_cpu_s"]
                 name = r["case"]
             cells = " | ".join(
-                _f(a, fmt) if i == 0 else f"{_f(a, fmt)} / {_f(b, fmt)}"
-                for i, (a, b) in enumerate(zip(refit, paint, strict=True))
+                _f(a, fmt) if i == 0 else f"{_f(a, fmt)} / {_f(b, fmt)} / {_f(c, fmt)}"
+                for i, (a, b, c) in enumerate(zip(refit, paint, ceil, strict=True))
             )
             sec = f"{np.mean(secs):.2f} (max {np.max(secs):.2f})" if secs else "-"
+            if cpus:
+                sec += f"; CPU {np.mean(cpus):.2f} (max {np.max(cpus):.2f})"
             lines.append(f"| {name} | {cells} | {sec} |")
         lines.append("")
     return "\n".join(lines)
@@ -219,6 +270,14 @@ def main(argv: list[str] | None = None) -> int:
         help="JSON of the 5 folds' held-out case ids (default: the committed split, if any)",
     )
     p.add_argument("--model-dir", default=None, help="per-fold models fold<i>.* (from 0)")
+    p.add_argument(
+        "--roi-dir", default=None, help="cached automatic ROIs <id>.npz (key roi); default: found"
+    )
+    p.add_argument(
+        "--fit-cache",
+        default=None,
+        help="folder of automatic results <id>.pkl, reused/written (one folder per method+model)",
+    )
     p.add_argument("--cases", default=None, help="comma-separated case ids (default: all)")
     p.add_argument("--steps", type=int, default=max(REPORT_AT))
     p.add_argument("--out", default=None, help="also write the Markdown report here")
@@ -239,7 +298,11 @@ def main(argv: list[str] | None = None) -> int:
     for src in sources:
         case = src.load()
         fold = fold_of.get(case.case_id, -1)
-        row = run_case(case, args.method, _model_for(args.model_dir, fold), args.steps)
+        roi = automatic_roi(case, args.roi_dir)
+        fit, seg_s = base_fit(
+            case, args.method, _model_for(args.model_dir, fold), roi, args.fit_cache
+        )
+        row = run_case(case, fit, args.steps, seg_s)
         row["fold"] = fold
         rows.append(row)
         r0, r5 = row["refit"][0], row["refit"][-1]

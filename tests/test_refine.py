@@ -116,3 +116,46 @@ def test_cli_scribbles_equals_the_api(case_fit, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "bad.nii.gz: holds values [600]" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out2.nii.gz").exists()
+
+
+def _wrong_region_fit(case, fit, z: int, truth: int, shown: int):
+    """``fit`` with its labels set to the truth, except that the largest in-plane region of
+    tissue ``truth`` on slice ``z`` is shown as ``shown`` (one-hot probabilities)."""
+    from scipy import ndimage as ndi
+
+    from napari_gmmseg.labels import CLASS_VALUES
+    from napari_gmmseg.refine import _copy_fit
+
+    out = _copy_fit(fit)
+    out.labels = np.where(fit.labels > 0, case.labels, 0).astype(np.int32)
+    comp, n = ndi.label(out.labels[z] == truth)
+    assert n > 0
+    wrong = comp == np.bincount(comp.ravel())[1:].argmax() + 1
+    out.labels[z][wrong] = shown
+    out.probabilities = np.stack([out.labels == v for v in CLASS_VALUES], -1).astype(np.float32)
+    return out, wrong
+
+
+def test_a_short_stroke_flips_the_wrong_region_and_nothing_else(case_fit):
+    """Edema shown as healthy myocardium: a 5-pixel edema stroke inside it flips most of the
+    region (not only the pixels near the stroke) and no pixel outside it; a stroke that agrees
+    with the labels changes nothing but its own pixels (already right)."""
+    from napari_gmmseg.labels import EDEMA, MYOCARDIUM
+
+    case, fit = case_fit
+    wfit, wrong = _wrong_region_fit(case, fit, 1, EDEMA.value, MYOCARDIUM.value)
+    ys, xs = np.nonzero(wrong)
+    mid = len(ys) // 2
+    s = np.zeros(fit.labels.shape, np.int32)
+    s[1, ys[mid : mid + 5], xs[mid : mid + 5]] = EDEMA.value
+    out = refine(wfit, s, case)
+    flipped = (out.labels[1] == EDEMA.value) & wrong
+    assert flipped.sum() >= 0.8 * wrong.sum() > 5 * 5
+    np.testing.assert_array_equal(out.labels[1][~wrong], wfit.labels[1][~wrong])
+    # a stroke that agrees: healthy myocardium drawn on healthy myocardium
+    agree = np.zeros(fit.labels.shape, np.int32)
+    ys, xs = np.nonzero((wfit.labels[1] == MYOCARDIUM.value) & ~wrong)
+    agree[1, ys[:8], xs[:8]] = MYOCARDIUM.value
+    same = refine(wfit, agree, case)
+    np.testing.assert_array_equal(same.labels, wfit.labels)
+    assert last_summary(same).message.startswith("refine changed nothing")

@@ -6,26 +6,19 @@ where a stroke says what the tissue is. :func:`refine` works from what every met
 in its :class:`~napari_gmmseg.fit.Fit` (labels, class-ordered probabilities) plus the images,
 and for every slice a stroke touches:
 
-1. **Pi from the fit**: the method's class probabilities of the slice's ROI pixels become the
-   mixing weights Pi of a spatially variant GMM (as in ``tissue-classifier``'s adaptation),
-   mixed with a little of the uniform distribution (:data:`PI_FLOOR`) so that the strokes can
-   move a confident result;
-2. **Pi reweighted from the strokes**: the stroke pixels of a class give a Gaussian of their
-   intensities (shrunk towards that class's Gaussian in the slice); every pixel of the slice
-   whose intensities are similar to it, and that lies near the stroke (Gaussian fall-off with
-   :data:`REACH_MM`), moves its Pi towards that class;
-3. **clamped EM**: the slice's per-class Gaussians are refitted by the EM of
-   :func:`napari_gmmseg.classifier.adapt.adapt_per_slice` with the stroke pixels as hard
-   constraints (their Pi is one-hot, so their responsibility is that class up to the
-   1e-8 floor of that EM, and it is set exactly afterwards);
-4. **spatial step**: :func:`skimage.segmentation.random_walker` on the slice's intensities,
-   seeded with the stroke pixels and with the fit's labels farther than :data:`REACH_MM`
-   from any stroke;
-5. **what changes**: a stroke pixel takes its class; a pixel within :data:`REACH_MM` of a
-   stroke takes the class of the EM with the strokes when that differs from the fit, is a
-   stroked class or differs from the same EM without the strokes (the change is the strokes'
-   doing, not the refit's), and the random walker times the EM agrees. Everything else keeps
-   the fit's label, so a stroke that agrees with the result changes (almost) nothing.
+1. **what each stroke points at**: the fit's label L under a stroke of class c; a stroke
+   that agrees with the labels under it points at nothing. Otherwise the *suspect region* C
+   is the in-plane connected component of L that the stroke lies in;
+2. **two Gaussians of the slice**: c's from the stroke's intensities shrunk towards c's
+   probability-weighted Gaussian in the slice (:data:`STROKE_SHRINKAGE`), L's from the fit's
+   probabilities of L outside C (the whole slice when fewer than :data:`MIN_CLASS_PIXELS`);
+3. **spatial step**: :func:`skimage.segmentation.random_walker` on C and its rim, seeded with
+   every stroke of the slice, every labelled pixel outside C, and the pixels of C whose
+   log-likelihood ratio favours L by more than :data:`LLR_MARGIN`;
+4. **what changes**: the stroke pixels, and every pixel of C that the walk ties to the stroke
+   (most probable seed class c). Everything else keeps the fit's label and probabilities, so
+   a stroke that agrees with the result changes nothing, and one short stroke inside a wrong
+   region flips the connected, similar-looking part of that region.
 
 Slices no stroke touches keep their labels, probabilities and per-slice parameters
 bit for bit. Stroke pixels outside the fit's ROI join the ROI of their slice.
@@ -47,8 +40,8 @@ from napari_gmmseg.fit import Fit, Progress
 from napari_gmmseg.labels import CLASS_NAMES, CLASS_VALUES
 
 __all__ = [
-    "PI_FLOOR",
-    "REACH_MM",
+    "LLR_MARGIN",
+    "MIN_CLASS_PIXELS",
     "RW_BETA",
     "SCRIBBLE_VALUES",
     "RefineSummary",
@@ -61,18 +54,16 @@ __all__ = [
 
 #: Values a scribble map may hold: 0 (nothing drawn) and the four tissue values.
 SCRIBBLE_VALUES: tuple[int, ...] = (0, *CLASS_VALUES)
-#: Share of the uniform distribution mixed into the fit's probabilities before they become Pi.
-PI_FLOOR = 0.05
-#: Reach of a stroke (mm): the Gaussian fall-off of its Pi reweighting, and the distance
-#: beyond which the fit's labels are kept and seed the random walker.
-REACH_MM = 40.0
 #: ``beta`` of :func:`skimage.segmentation.random_walker` (larger: stops harder at edges).
 RW_BETA = 130.0
 #: Pseudo-count of the slice's class Gaussian in a stroke's Gaussian (pixels).
 STROKE_SHRINKAGE = 10.0
-#: Weight of the stroke-similarity term added to Pi (a pixel identical to the stroke, on
-#: the stroke, gets 3/4 of its Pi from the stroke's class).
-STROKE_WEIGHT = 3.0
+#: Log-likelihood ratio (nats) below which a pixel of a stroke's suspect region is clearly
+#: its present label and seeds the random walker with it.
+LLR_MARGIN = 5.0
+#: Fewer pixels of a label outside the suspect region than this: the label's Gaussian is
+#: taken over the whole slice.
+MIN_CLASS_PIXELS = 30.0
 
 
 @dataclass(frozen=True)
@@ -177,60 +168,12 @@ def _fit_roi(fit: Fit) -> np.ndarray:
     return roi
 
 
-def _slice_pi(prob: np.ndarray, cls: np.ndarray) -> np.ndarray:
-    """``(n, 4)`` Pi from the fit's class probabilities ``(n, 4)`` (None: its class indices
-    ``(n,)``), normalised and mixed with :data:`PI_FLOOR` of the uniform distribution."""
-    k = len(CLASS_VALUES)
-    if prob is None:  # no soft maps kept: the labels themselves
-        p = np.zeros((cls.size, k))
-        p[cls >= 0, cls[cls >= 0]] = 1.0
-    else:
-        p = np.asarray(prob, dtype=np.float64)
-    total = p.sum(1, keepdims=True)
-    p = np.where(total > 0, p / np.maximum(total, 1e-12), 1.0 / k)
-    return (1.0 - PI_FLOOR) * p + PI_FLOOR / k
-
-
 def _gaussian(x: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Weighted mean ``(M,)`` and covariance ``(M, M)`` of ``x`` ``(n, M)``."""
     sw = max(float(w.sum()), 1e-9)
     mu = (w[:, None] * x).sum(0) / sw
     d = x - mu
     return mu, (w[:, None, None] * d[:, :, None] * d[:, None, :]).sum(0) / sw
-
-
-def _reweight_pi(
-    pi: np.ndarray,
-    x: np.ndarray,
-    stroke_cls: np.ndarray,
-    dist_mm: dict[int, np.ndarray],
-) -> np.ndarray:
-    """Pi moved towards each stroke's class for pixels similar in intensity and near it.
-
-    Parameters
-    ----------
-    pi : ``(n, K)`` Pi of the slice's region pixels.
-    x : ``(n, M)`` their normalised intensities.
-    stroke_cls : ``(n,)`` class index of the stroke on every pixel, -1 where none.
-    dist_mm : class index -> ``(n,)`` distance (mm) of every pixel to that class's strokes.
-    """
-    from napari_gmmseg.classifier.adapt import COVARIANCE_FLOOR
-
-    m = x.shape[1]
-    out = pi.copy()
-    for c, d in dist_mm.items():
-        on = stroke_cls == c
-        mu_s, cov_s = _gaussian(x[on], np.ones(int(on.sum())))
-        mu_c, cov_c = _gaussian(x, pi[:, c])
-        n = float(on.sum())
-        mu = (n * mu_s + STROKE_SHRINKAGE * mu_c) / (n + STROKE_SHRINKAGE)
-        cov = (n * cov_s + STROKE_SHRINKAGE * cov_c) / (n + STROKE_SHRINKAGE)
-        cov = cov + COVARIANCE_FLOOR * np.eye(m)
-        diff = x - mu
-        maha = np.einsum("ni,ij,nj->n", diff, np.linalg.inv(cov), diff)
-        similar = np.exp(-0.5 * maha) * np.exp(-0.5 * (d / REACH_MM) ** 2)
-        out[:, c] += STROKE_WEIGHT * similar
-    return out / out.sum(1, keepdims=True)
 
 
 def _random_walk(
@@ -274,6 +217,68 @@ def _random_walk(
     return out
 
 
+def _stroke_targets(
+    stroke_cls: np.ndarray, orig: np.ndarray, region: np.ndarray
+) -> list[tuple[int, int, np.ndarray, np.ndarray]]:
+    """The wrong regions the strokes point at, one per (stroke component, label under it).
+
+    Returns a list of ``(stroke class c, fit label L, (Y, X) stroke pixels, (Y, X) region C)``:
+    C is the in-plane connected component (4-connected) of the fit's label L that the stroke
+    pixels labelled L lie in, for every stroke component whose class differs from L. A
+    stroke that agrees with the labels under it points at nothing.
+    """
+    from scipy import ndimage as ndi
+
+    out = []
+    comps, n = ndi.label(stroke_cls >= 0, structure=np.ones((3, 3)))
+    for i in range(1, n + 1):
+        on = comps == i
+        c = int(np.bincount(stroke_cls[on]).argmax())
+        under = orig[on & region]
+        for lab in np.unique(under):
+            lab = int(lab)
+            if lab < 0 or lab == c:
+                continue
+            same, _ = ndi.label(region & (orig == lab))
+            ids = np.unique(same[on & (orig == lab)])
+            target = np.isin(same, ids[ids > 0])
+            out.append((c, lab, on & (stroke_cls == c), target))
+    return out
+
+
+def _log_gauss(x: np.ndarray, mu: np.ndarray, cov: np.ndarray) -> np.ndarray:
+    """``(n,)`` log density (up to the shared constant) of ``x`` ``(n, M)``."""
+    from napari_gmmseg.classifier.adapt import COVARIANCE_FLOOR
+
+    cov = cov + COVARIANCE_FLOOR * np.eye(len(mu))
+    d = x - mu
+    _, logdet = np.linalg.slogdet(cov)
+    return -0.5 * (np.einsum("ni,ij,nj->n", d, np.linalg.inv(cov), d) + logdet)
+
+
+def _class_gaussian(
+    x_img: np.ndarray, weight: np.ndarray, stroke: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """A class's Gaussian in the slice: the stroke's pixels shrunk towards ``weight``'s.
+
+    ``weight`` ``(Y, X)`` is the class's probability on the slice's pixels (the region it
+    is looked for in); ``stroke`` ``(Y, X)`` bool, the stroke pixels (None: no stroke).
+    """
+    x = x_img.reshape(-1, x_img.shape[-1]).astype(np.float64)
+    w = weight.ravel().astype(np.float64)
+    if w.sum() < 1.0:  # the class is absent from the slice: the region's spread
+        w = (weight.ravel() >= 0).astype(np.float64)
+    mu_c, cov_c = _gaussian(x, w)
+    if stroke is None or not stroke.any():
+        return mu_c, cov_c
+    xs = x_img[stroke].astype(np.float64)
+    n = float(len(xs))
+    mu_s, cov_s = _gaussian(xs, np.ones(len(xs)))
+    mu = (n * mu_s + STROKE_SHRINKAGE * mu_c) / (n + STROKE_SHRINKAGE)
+    cov = (n * cov_s + STROKE_SHRINKAGE * cov_c) / (n + STROKE_SHRINKAGE)
+    return mu, cov
+
+
 def _refine_slice(
     prob: np.ndarray | None,
     orig: np.ndarray,
@@ -281,7 +286,6 @@ def _refine_slice(
     strokes: np.ndarray,
     x_img: np.ndarray,
     pixel_mm: tuple[float, float],
-    iterations: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Refined class indices and probabilities of one (cropped) slice.
 
@@ -298,49 +302,41 @@ def _refine_slice(
     cls : ``(Y, X)`` int64 class index, -1 outside ``region``.
     prob : ``(Y, X, K)`` float64 class probabilities (the fit's where the class is kept).
 
-    A pixel changes class when it is a stroke pixel, or when it lies within
-    :data:`REACH_MM` of a stroke, the EM with the strokes gives it another class than the
-    fit, that class is either a stroked class or differs from what the same EM without the
-    strokes gives it (the change is the strokes' doing), and the random walker seeded with
-    the strokes and the fit's labels beyond the reach agrees.
+    For every stroke that disagrees with the label L under it, the connected region C of L
+    it lies in is the suspect: a pixel of C takes the stroke's class c when the slice's
+    Gaussian of c (the stroke's intensities shrunk towards c's) explains it better than L's,
+    and the random walker seeded with the stroke, the clearly-L pixels of C and every label
+    outside C connects it to the stroke. Nothing outside the strokes' regions changes.
     """
-    from scipy import ndimage as ndi
-
-    from napari_gmmseg.classifier.adapt import adapt_per_slice
-
     k = len(CLASS_VALUES)
     eye = np.eye(k)
     stroke_cls = _class_index(strokes)
-    x = x_img[region].astype(np.float64)
-    s_cls = stroke_cls[region]
-    on = s_cls >= 0
-    dist = {
-        int(c): ndi.distance_transform_edt(stroke_cls != c, sampling=pixel_mm)
-        for c in np.unique(s_cls[on])
-    }
-    pi0 = _slice_pi(None if prob is None else prob[region], orig[region])
-    pi1 = _reweight_pi(pi0, x, s_cls, {c: d[region] for c, d in dist.items()})
-    pi1[on] = eye[s_cls[on]]  # hard constraints
-    sid = np.zeros(len(x), dtype=np.int64)
-    r0 = np.asarray(adapt_per_slice(pi0, x, sid, iterations=iterations), dtype=np.float64)
-    r1 = np.asarray(adapt_per_slice(pi1, x, sid, iterations=iterations), dtype=np.float64)
-    r1[on] = eye[s_cls[on]]
-    r_img = np.zeros((*region.shape, k))
-    r_img[region] = r1
-    near = region & (np.min(np.stack(list(dist.values())), axis=0) <= REACH_MM)
-    seeds = np.where(region & ~near & (orig >= 0), orig + 1, 0)
-    seeds = np.where(stroke_cls >= 0, stroke_cls + 1, seeds)
-    joint = _random_walk(x_img, region, seeds, pixel_mm) * r_img
-    new0, new1 = np.full(region.shape, -1), np.full(region.shape, -1)
-    new0[region], new1[region] = r0.argmax(1), r1.argmax(1)
-    stroked = np.isin(new1, np.unique(s_cls[on]))
-    change = near & (new1 != orig) & (stroked | (new1 != new0)) & (joint.argmax(-1) == new1)
-    change |= stroke_cls >= 0
-    cls = np.where(change, new1, np.where(region, np.maximum(orig, 0), -1))
-    total = joint.sum(-1, keepdims=True)
-    soft = np.where(total > 0, joint / np.maximum(total, 1e-300), r_img)
-    kept = eye[np.maximum(cls, 0)] if prob is None else np.asarray(prob, dtype=np.float64)
-    out = np.where(change[..., None], soft, kept)
+    cls = np.where(region, orig, -1)
+    cls = np.where(stroke_cls >= 0, stroke_cls, cls)
+    base = np.where(cls >= 0, cls, 0)
+    p_fit = eye[base] if prob is None else np.asarray(prob, dtype=np.float64)
+    p_fit = np.where(region[..., None], p_fit, 0.0)
+    out = p_fit.copy()
+    for c, lab, on, target in _stroke_targets(stroke_cls, orig, region):
+        mu_c, cov_c = _class_gaussian(x_img, np.where(region, p_fit[..., c], 0.0), on)
+        w_l = np.where(region & ~target, p_fit[..., lab], 0.0)
+        if w_l.sum() < MIN_CLASS_PIXELS:  # the suspect region is all of L in the slice
+            w_l = np.where(region, p_fit[..., lab], 0.0)
+        mu_l, cov_l = _class_gaussian(x_img, w_l, None)
+        xt = x_img[target].astype(np.float64)
+        llr = np.zeros(region.shape)
+        llr[target] = _log_gauss(xt, mu_c, cov_c) - _log_gauss(xt, mu_l, cov_l)
+        seeds = np.where(region & ~target & (cls >= 0), cls + 1, 0)
+        seeds = np.where(target & (llr < -LLR_MARGIN), lab + 1, seeds)
+        seeds = np.where(stroke_cls >= 0, stroke_cls + 1, seeds)  # every stroke of the slice
+        box = _crop(target | on)  # the walk decides C only: C and its seeded rim
+        walk = np.zeros((*region.shape, k))
+        walk[box] = _random_walk(x_img[box], region[box], seeds[box], pixel_mm)
+        # C's pixels the walk ties to the stroke (a stroke pixel keeps its own class)
+        flip = target & (walk.argmax(-1) == c)
+        flip &= stroke_cls < 0
+        cls[flip] = c
+        out[flip] = walk[flip]
     out[stroke_cls >= 0] = eye[stroke_cls[stroke_cls >= 0]]
     return cls, np.where(region[..., None], out, 0.0)
 
@@ -385,7 +381,6 @@ def refine(
     roi: np.ndarray | None = None,
     channels: Sequence[str] | None = None,
     spacing_mm: Sequence[float] | None = None,
-    iterations: int | None = None,
     progress: Callable[[Progress], Any] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Fit:
@@ -409,8 +404,6 @@ def refine(
     spacing_mm : sequence of float, optional
         ``(z, y, x)`` voxel size (mm); default: the case's, ``fit.params["spacing_mm"]``,
         else 1 mm.
-    iterations : int, optional
-        EM iterations per slice (default :data:`napari_gmmseg.classifier.adapt.ADAPT_ITERATIONS`).
     progress : callable, optional
         Receives a :class:`~napari_gmmseg.fit.Progress` after every refitted slice.
     should_stop : callable, optional
@@ -431,7 +424,6 @@ def refine(
     ModelError
         Scribble values other than 0/500/200/1220/2221; cancelled.
     """
-    from napari_gmmseg.classifier.adapt import ADAPT_ITERATIONS
     from napari_gmmseg.prior import normalise_zscore
 
     t0 = time.perf_counter()
@@ -441,7 +433,6 @@ def refine(
     base_roi = _fit_roi(fit) if roi is None else np.asarray(roi, dtype=bool)
     if base_roi.shape != shape:
         raise GeometryError(f"ROI of shape {base_roi.shape} is not the labels' grid {shape}")
-    iterations = ADAPT_ITERATIONS if iterations is None else int(iterations)
     slices = touched_slices(strokes)
     out = _copy_fit(fit)
     k = len(CLASS_VALUES)
@@ -450,33 +441,28 @@ def refine(
         cls = _class_index(np.asarray(fit.labels))
         for j in range(k):
             out.probabilities[..., j] = cls == j
-    from napari_gmmseg._threads import cpu_threads
-
-    with cpu_threads(1):  # a slice is a few thousand pixels: more threads only contend
-        for i, z in enumerate(slices):
-            if should_stop is not None and should_stop():
-                raise ModelError("refine cancelled")
-            z = int(z)
-            region = base_roi[z] | (strokes[z] > 0)
-            crop = _crop(region)
-            x_img = normalise_zscore(arr[z][crop][None], region[crop][None])[0]
-            prob_z = None if fit.probabilities is None else fit.probabilities[z][crop]
-            orig = _class_index(np.asarray(fit.labels[z])[crop])
-            cls_c, prob = _refine_slice(
-                prob_z, orig, region[crop], strokes[z][crop], x_img, spacing[1:], iterations
-            )
-            cls = np.full(region.shape, -1, dtype=np.int64)
-            cls[crop] = cls_c
-            out.labels[z] = np.where(region, np.asarray(CLASS_VALUES)[np.maximum(cls, 0)], 0)
-            out.components[z] = np.where(region, cls, out.components[z]).astype(
-                out.components.dtype
-            )
-            out.probabilities[z][crop] = prob.astype(np.float32)
-            x_full = np.zeros((*region.shape, arr.shape[-1]), dtype=np.float32)
-            x_full[crop] = x_img
-            _update_slice_params(out, z, x_full, cls)
-            if progress is not None:
-                progress(Progress(i + 1, len(slices), i + 1, finished=slices[: i + 1].copy()))
+    for i, z in enumerate(slices):
+        if should_stop is not None and should_stop():
+            raise ModelError("refine cancelled")
+        z = int(z)
+        region = base_roi[z] | (strokes[z] > 0)
+        crop = _crop(region)
+        x_img = normalise_zscore(arr[z][crop][None], region[crop][None])[0]
+        prob_z = None if fit.probabilities is None else fit.probabilities[z][crop]
+        orig = _class_index(np.asarray(fit.labels[z])[crop])
+        cls_c, prob = _refine_slice(
+            prob_z, orig, region[crop], strokes[z][crop], x_img, spacing[1:]
+        )
+        cls = np.full(region.shape, -1, dtype=np.int64)
+        cls[crop] = cls_c
+        out.labels[z] = np.where(region, np.asarray(CLASS_VALUES)[np.maximum(cls, 0)], 0)
+        out.components[z] = np.where(region, cls, out.components[z]).astype(out.components.dtype)
+        out.probabilities[z][crop] = prob.astype(np.float32)
+        x_full = np.zeros((*region.shape, arr.shape[-1]), dtype=np.float32)
+        x_full[crop] = x_img
+        _update_slice_params(out, z, x_full, cls)
+        if progress is not None:
+            progress(Progress(i + 1, len(slices), i + 1, finished=slices[: i + 1].copy()))
     changed = int(np.count_nonzero(out.labels != np.asarray(fit.labels)))
     s_cls = _class_index(strokes)
     summary = RefineSummary(
