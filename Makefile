@@ -2,15 +2,19 @@
 # Both create the virtual environment on first use.  The CPU build of torch
 # is installed first so pip never pulls the multi-GB CUDA build; GPU users
 # install their CUDA torch into the venv first and run `make TORCH_SPEC= demo`.
+# napari is not a runtime dependency: `make napari` adds the `napari` extra and a
+# Qt binding (QT_SPEC; `make QT_SPEC= napari` to keep the one you have).
 
 PYTHON      ?= python3
 VENV        ?= .venv
 TORCH_SPEC  ?= torch==2.13.0
+QT_SPEC     ?= PyQt6>=6.5
 BIN         := $(VENV)/bin
-# Two stamps: the runtime install (what `make demo` needs) and the testing
-# extra on top of it (what `make test` needs), so a demo never pulls pytest,
-# a Qt binding, scikit-learn or dask.
+# Three stamps: the runtime install (what `make demo` needs), the napari extra
+# on top of it (`make napari`) and the testing extra (`make test`, napari
+# included), so a demo never pulls napari, Qt, pytest, scikit-learn or dask.
 STAMP       := $(VENV)/.napari-gmmseg-runtime
+NAPARI_STAMP := $(VENV)/.napari-gmmseg-napari
 TEST_STAMP  := $(VENV)/.napari-gmmseg-testing
 XVFB        := $(shell command -v xvfb-run 2>/dev/null)
 
@@ -21,6 +25,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(if $(TORCH_SPEC),$(BIN)/python -m pip install --quiet "$(TORCH_SPEC)")
 	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(NAPARI_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e ".[napari]" $(if $(QT_SPEC),"$(QT_SPEC)")
 	touch $@
 
 $(TEST_STAMP): $(STAMP) pyproject.toml
@@ -35,8 +43,8 @@ demo: $(STAMP)
 test: $(TEST_STAMP) sysdeps
 	xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/python -m pytest
 
-## Open napari with the plugin
-napari: $(TEST_STAMP)
+## Open napari with the plugin (installs the napari extra and a Qt binding first)
+napari: $(NAPARI_STAMP)
 	$(BIN)/napari -w napari-gmmseg
 
 lint: $(TEST_STAMP)

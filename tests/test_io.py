@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -234,6 +235,24 @@ def test_misaligned_sequence_is_resampled_with_warning(tmp_path):
     # voxel x of the reference is voxel x - 2 of the shifted LGE
     np.testing.assert_allclose(case.images[:, :, 2:, 1], data[:, :, :-2], atol=1e-3)
     assert np.all(case.images[:, :, :2, 1] == 0)
+
+
+def test_without_simpleitk_nifti_loads_and_the_rest_names_the_extra(tmp_path, monkeypatch):
+    """SimpleITK is the `simpleitk` extra: NIfTI on one grid needs none of it."""
+    monkeypatch.setitem(sys.modules, "SimpleITK", None)  # import SimpleITK raises ImportError
+    p = _toy_case(tmp_path)
+    assert io.load_case(p["C0"]).images.shape == (3, 20, 24, 3)
+    mha = tmp_path / "pat8_C0.mha"
+    mha.write_bytes(b"not read")
+    with pytest.raises(CaseLoadError, match=r"pat8_C0\.mha: .*needs SimpleITK: pip install "):
+        io.read_volume(mha)
+    shifted = AFFINE.copy()
+    shifted[:3, 3] += shifted[:3, 0] * 2
+    _save(p["DE"], np.asarray(nib.load(str(p["DE"])).dataobj).transpose(2, 1, 0), shifted)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(GeometryError, match=r"needs SimpleITK: .*napari-gmmseg\[simpleitk\]"):
+            io.load_case(p["C0"])
 
 
 def test_non_overlapping_sequence_refused(tmp_path):

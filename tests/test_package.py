@@ -64,6 +64,67 @@ def test_import_is_lazy():
     assert out.stdout.strip() == ""
 
 
+#: Installed only with the `napari` extra: no core module may need them at import time.
+NAPARI_ONLY = ("napari", "magicgui", "qtpy", "npe2")
+
+#: Run first in a subprocess: any import of a NAPARI_ONLY package raises ImportError, as
+#: in a runtime-only install (`make demo`, `pip install napari-gmmseg`).
+_BLOCK_NAPARI = (
+    "import sys\n"
+    "class _NoNapari:\n"
+    "    def find_spec(self, name, path=None, target=None):\n"
+    f"        if name.partition('.')[0] in {NAPARI_ONLY!r}:\n"
+    "            raise ImportError(f'{name} is not installed (napari extra)')\n"
+    "sys.meta_path.insert(0, _NoNapari())\n"
+)
+
+
+def _run_without_napari(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", _BLOCK_NAPARI + code], capture_output=True, text=True
+    )
+
+
+def test_blocker_refuses_napari():
+    """The test below can fail: with the blocker, importing napari raises."""
+    out = _run_without_napari("import napari_gmmseg._widgets")
+    assert out.returncode != 0
+    assert "is not installed (napari extra)" in out.stderr
+
+
+def test_command_line_and_core_work_without_napari():
+    """The CLI (every subcommand's parser), segment, batch, report and io import without
+    napari, magicgui, qtpy or npe2: they are the `napari` extra, not runtime dependencies."""
+    code = (
+        "import importlib\n"
+        "import napari_gmmseg.batch, napari_gmmseg.io, napari_gmmseg.report\n"
+        "import napari_gmmseg.segment, napari_gmmseg._reader, napari_gmmseg._writer\n"
+        "from napari_gmmseg.cli import COMMAND_MODULES, main\n"
+        "for name in COMMAND_MODULES:\n"
+        "    importlib.import_module(f'napari_gmmseg.cli.{name}')\n"
+        "try:\n"
+        "    main(['demo', '--help'])\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code == 0, exc.code\n"
+    )
+    out = _run_without_napari(code)
+    assert out.returncode == 0, out.stderr
+    assert "usage: napari-gmmseg demo" in out.stdout
+
+
+@pytest.mark.slow
+def test_every_core_module_imports_without_napari():
+    """Every module outside ``_widgets`` (the docks) imports without the napari extra."""
+    code = (
+        "import importlib, pkgutil, napari_gmmseg\n"
+        "for info in pkgutil.walk_packages(napari_gmmseg.__path__, 'napari_gmmseg.'):\n"
+        "    if not info.name.startswith('napari_gmmseg._widgets'):\n"
+        "        importlib.import_module(info.name)\n"
+    )
+    out = _run_without_napari(code)
+    assert out.returncode == 0, out.stderr
+
+
 @pytest.mark.slow
 def test_wheel_contains_identical_manifest(tmp_path):
     subprocess.run(

@@ -24,7 +24,10 @@ NIfTI files are read and written with nibabel (exact header round trip); every
 other format SimpleITK reads (``.mha``, ``.mhd``, ``.nrrd``, a DICOM series
 folder) goes through SimpleITK.  Both produce the same ``(array, Geometry)`` pair
 so building a :class:`Case` is one code path.  nibabel and SimpleITK are imported
-lazily, so ``import napari_gmmseg.io`` only costs numpy.
+lazily, so ``import napari_gmmseg.io`` only costs numpy.  SimpleITK (0.26 GB) is the
+``simpleitk`` extra, not a runtime dependency: NIfTI cases on one grid never need it;
+reading another format or resampling a sequence onto the bSSFP grid without it fails
+with a one-line error naming the extra.
 """
 
 from __future__ import annotations
@@ -448,9 +451,23 @@ def _read_nifti(path: Path, frame: int | None) -> tuple[np.ndarray, Geometry]:
     return np.ascontiguousarray(arr.transpose(2, 1, 0)), geometry
 
 
-def _read_sitk(path: Path, frame: int | None) -> tuple[np.ndarray, Geometry]:
-    import SimpleITK as sitk
+#: How to install what :func:`_simpleitk` needs, said in its error.
+SIMPLEITK_INSTALL = "pip install 'napari-gmmseg[simpleitk]'"
 
+
+def _simpleitk(error: type[Exception], needed_for: str):
+    """SimpleITK, or ``error`` saying what needed it and how to install it (the extra)."""
+    try:
+        import SimpleITK
+    except ImportError:
+        raise error(f"{needed_for} needs SimpleITK: {SIMPLEITK_INSTALL}") from None
+    return SimpleITK
+
+
+def _read_sitk(path: Path, frame: int | None) -> tuple[np.ndarray, Geometry]:
+    sitk = _simpleitk(
+        CaseLoadError, f"{path}: reading a non-NIfTI image (.mha, .mhd, .nrrd, DICOM)"
+    )
     try:
         if path.is_dir():
             reader = sitk.ImageSeriesReader()
@@ -625,7 +642,7 @@ def roi_from_mask(
 
 # --------------------------------------------------------------------------- resampling
 def _to_sitk(arr_zyx: np.ndarray, geometry: Geometry):
-    import SimpleITK as sitk
+    sitk = _simpleitk(GeometryError, "resampling onto another grid")
 
     d = geometry.direction
     if not np.allclose(d.T @ d, np.eye(3), atol=1e-4):
@@ -652,9 +669,10 @@ def resample_to(
     Raises
     ------
     GeometryError
-        When the two grids do not overlap at all.
+        When the two grids do not overlap at all, or SimpleITK (the ``simpleitk``
+        extra) is not installed.
     """
-    import SimpleITK as sitk
+    sitk = _simpleitk(GeometryError, f"{name}: resampling onto the reference (bSSFP) grid")
 
     ref = _to_sitk(np.zeros(reference.shape, dtype=np.uint8), reference)
     cover = sitk.Resample(

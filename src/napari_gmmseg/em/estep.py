@@ -408,7 +408,8 @@ def _use_fused(kernel: str, dtype: torch.dtype, device: torch.device) -> bool:
     applies = device.type == "cpu" and dtype == torch.float32
     if kernel == "fused" and not (applies and fused.available()):
         raise ModelError(
-            "estep_kernel='fused' needs numba (pip install numba), the CPU and float32"
+            "estep_kernel='fused' needs numba (pip install 'napari-gmmseg[numba]'), the CPU "
+            "and float32"
         )
     return kernel == "fused" or (kernel == "auto" and applies and fused.available())
 
