@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 $(NAPARI_STAMP): $(STAMP) pyproject.toml
-	$(BIN)/python -m pip install --quiet -e ".[napari]" $(if $(QT_SPEC),"$(QT_SPEC)")
+	$(BIN)/python -m pip install --quiet -e ".[all]" $(if $(QT_SPEC),"$(QT_SPEC)")
 	touch $@
 
 $(TEST_STAMP): $(STAMP) pyproject.toml
@@ -43,7 +43,7 @@ demo: $(STAMP)
 test: $(TEST_STAMP) sysdeps
 	xvfb-run -a -s "-screen 0 1600x1000x24" $(BIN)/python -m pytest
 
-## Open napari with the plugin (installs the napari extra and a Qt binding first)
+## Open napari with the plugin (installs the `all` extra: napari, SimpleITK, numba; and a Qt binding)
 napari: $(NAPARI_STAMP)
 	$(BIN)/napari -w napari-gmmseg
 
