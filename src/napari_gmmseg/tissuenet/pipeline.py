@@ -180,20 +180,12 @@ def fit_pipeline(
     members = predict_members(
         ensemble, images, roi, channels, spacing_mm, flips=options.flips, device=dev
     )
-    labels, tissue, kept = labels_from_probabilities(
-        members.mean(0),
-        images,
-        roi,
-        channels,
-        adapt_iterations=options.adapt_iterations,
-        device=dev,
-    )
+    kw = {"adapt_iterations": options.adapt_iterations, "trim_roi": options.trim_roi, "device": dev}
+    labels, tissue, kept = labels_from_probabilities(members.mean(0), images, roi, channels, **kw)
     member_burden = []
     if len(members) > 1:
         for m in members:
-            lab = labels_from_probabilities(
-                m, images, roi, channels, adapt_iterations=options.adapt_iterations, device=dev
-            )[0]
+            lab = labels_from_probabilities(m, images, roi, channels, **kw)[0]
             b = burden(lab, spacing_mm)
             member_burden.append({k: b[k] for k in ("scar_pct", "edema_pct", "scar_edema_pct")})
     blood = labels == CLASS_VALUES[0]
