@@ -112,7 +112,9 @@ def test_network_on_phantom_finds_lv_and_qc_skips_a_bad_case():
     fit = segment_case(small, roi="auto", method="gmm", seed=0)
     qc = fit.params["roi_qc"]
     skipped = [row["slice"] for row in qc if not row["ok"]]
-    assert skipped and all(set(qc[z]["flags"].split(";")) & set(autoroi.FAILING_FLAGS) for z in skipped)
+    assert skipped and all(
+        set(qc[z]["flags"].split(";")) & set(autoroi.FAILING_FLAGS) for z in skipped
+    )
     assert not np.asarray(fit.labels)[skipped].any(), "a slice failing QC was segmented"
     assert np.asarray(fit.labels).any()
     assert fit.params["roi"] == "auto"
