@@ -507,3 +507,18 @@ def test_clean_refusals_of_outputs(capsys, data, tmp_path):
              "--out", tmp_path / "o.png", match="must end with")  # fmt: skip
     _refused(capsys, data, "segment", "--bssfp", c0, "--roi", tmp_path / "nope.nii.gz",
              "--method", "gmm", "--out", tmp_path / "p.nii.gz", match="no such file")  # fmt: skip
+
+
+def test_row16_a_prior_without_every_tissue_class_is_refused(capsys, data, tmp_path):
+    import json
+
+    from napari_gmmseg.naming import DEFAULT_PRIOR
+
+    table = DEFAULT_PRIOR.to_dict()
+    two = {**table, "classes": table["classes"][:2], "means": table["means"][:2]}
+    prior = tmp_path / "two.json"
+    prior.write_text(json.dumps(two), encoding="utf-8")
+    mask = data / "train25_myops_gd" / "myops_training_7_gd.nii.gz"
+    out = tmp_path / "o.nii.gz"
+    _refused(capsys, data, *_seg_args(data), "--roi", mask, "--method", "gmm", "--prior", prior,
+             "--out", out, match="lacks edema, scar", absent=[out])  # fmt: skip

@@ -423,6 +423,13 @@ def test_inspect_evaluate_export_after_a_run(
     assert len(asked) == 1 and str(path) in asked[0]
     np.testing.assert_array_equal(read_labels(path), labels)  # untouched
     monkeypatch.setattr(QMessageBox, "question", answer(QMessageBox.StandardButton.Yes))
+    # never onto a file the case was read from, even when the user would say yes
+    from napari_gmmseg._reader import SOURCE_KEY
+
+    viewer.layers[0].metadata[SOURCE_KEY] = str(path)
+    assert export.export() is None and "is an input" in errors[-1]
+    np.testing.assert_array_equal(read_labels(path), labels)  # untouched
+    viewer.layers[0].metadata[SOURCE_KEY] = None
     assert export.export() == path and len(asked) == 2
     assert not read_labels(path).any()
     # a layer without source geometry cannot be exported on it

@@ -167,7 +167,7 @@ class PriorTable:
         Raises
         ------
         ModelError
-            Missing, unreadable or malformed file.
+            Missing, unreadable or malformed file, or one without every tissue class.
         """
         path = Path(path)
         try:
@@ -175,9 +175,15 @@ class PriorTable:
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot read prior table {path}: {exc}") from exc
         try:
-            return cls.from_dict(data)
+            table = cls.from_dict(data)
         except ModelError as exc:
             raise ModelError(f"{path}: {exc}") from exc
+        missing = [c for c in CLASS_NAMES if c not in table.classes]
+        if missing:  # naming would silently never give these tissues
+            raise ModelError(
+                f"{path}: a prior must describe every tissue class; it lacks {', '.join(missing)}"
+            )
+        return table
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write the table as JSON (atomically; refuses to overwrite unless asked)."""

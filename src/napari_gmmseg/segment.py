@@ -375,6 +375,10 @@ def _run_pipeline(
     from napari_gmmseg import __version__
     from napari_gmmseg.preprocess import _clip_channels
 
+    from napari_gmmseg.errors import CaseLoadError
+
+    if not np.isfinite(req.images[req.roi]).all():  # as SliceBatch refuses for the EM methods
+        raise CaseLoadError("images contain NaN or Inf inside the region of interest")
     images, clip = req.images, {"percentiles": None}
     if req.clip_percentiles is not None:
         pixels = images[req.roi].astype(np.float64)

@@ -139,10 +139,17 @@ class ExportWidget(QWidget):
         )
         return answer == QMessageBox.StandardButton.Yes
 
+    def _inputs(self) -> list[str]:
+        """The files the open layers were read from (images, masks): never export targets."""
+        from napari_gmmseg._reader import SOURCE_KEY
+
+        found = ((lay.metadata or {}).get(SOURCE_KEY) for lay in self.viewer.layers)
+        return [str(src) for src in found if src]
+
     @report_errors
     def export(self) -> Path | None:
         """Write the chosen layer; returns the path written, or None when the user declined."""
-        from napari_gmmseg.io import save_labels
+        from napari_gmmseg.io import check_output, save_labels
 
         layer = self.layer_combo.layer()
         if layer is None:
@@ -155,6 +162,8 @@ class ExportWidget(QWidget):
                 "File > Save Selected Layers writes it on an axis-aligned grid instead"
             )
         path = nifti_path(self.path_edit.text() or self.path_edit.placeholderText())
+        # the one output check of every command: never one of the case's own input files
+        check_output(path, suffixes=(".nii.gz", ".nii"), force=True, inputs=self._inputs())
         overwrite = False
         if path.exists():
             if not self.confirm_overwrite(path):

@@ -300,6 +300,10 @@ def _check_request(args: argparse.Namespace) -> None:
             )
     if args.roi == "auto" and not args.bssfp:
         raise RoiError("--roi auto finds the LV on the bSSFP image: give --bssfp")
+    if args.prior:  # a prior that cannot name every tissue: before any image is read
+        from napari_gmmseg.naming import load_prior
+
+        load_prior(args.prior)
 
 
 def _read_scribbles(path: str, case):

@@ -106,6 +106,7 @@ def network_inputs(images: np.ndarray, roi: np.ndarray, channels: Sequence[str])
     roi = np.asarray(roi, dtype=bool)
     z = normalise_zscore(np.asarray(images)[..., cols], roi)
     out = np.empty((roi.shape[0], 4, *roi.shape[1:]), dtype=np.float32)
+    z = np.nan_to_num(z, nan=0.0, posinf=Z_CLIP, neginf=-Z_CLIP)  # only outside the ROI
     out[:, :3] = np.clip(np.moveaxis(z, -1, 1), -Z_CLIP, Z_CLIP)
     out[:, 3] = roi
     return out
