@@ -373,9 +373,8 @@ def _run_pipeline(
     import warnings
 
     from napari_gmmseg import __version__
-    from napari_gmmseg.preprocess import _clip_channels
-
     from napari_gmmseg.errors import CaseLoadError
+    from napari_gmmseg.preprocess import _clip_channels
 
     if not np.isfinite(req.images[req.roi]).all():  # as SliceBatch refuses for the EM methods
         raise CaseLoadError("images contain NaN or Inf inside the region of interest")
