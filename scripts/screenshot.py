@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_gmmseg.methods import DEFAULT_METHOD
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_data" / "train25" / "myops_training_1001_C0.nii.gz"
 
@@ -39,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="output PNG")
     parser.add_argument(
-        "--method", default="tissue-classifier", help="segmentation method (default: the default)"
+        "--method", default=DEFAULT_METHOD, help="segmentation method (default: the default)"
     )
     parser.add_argument("--size", default="1600x1000", help="window size WxH (default 1600x1000)")
     args = parser.parse_args(argv)

@@ -384,9 +384,9 @@ class SegmentWidget(QWidget):
         elif deep:
             self.model_file.setPlaceholderText("trained weights .pt (optional)")
         elif has_file:
-            self.model_file.setPlaceholderText("classifier .npz (optional; default: shipped)")
+            self.model_file.setPlaceholderText("model .npz (optional; default: the shipped one)")
         else:
-            self.model_file.setPlaceholderText("— (deep methods and the classifier only)")
+            self.model_file.setPlaceholderText("— (deep methods and the learned models only)")
         self.max_iter_label.setText("max epochs" if deep else "max iter")
         # A pipeline carries its own classes and iterations: its rows are greyed out and
         # not sent (segment() would warn that it ignores them).
