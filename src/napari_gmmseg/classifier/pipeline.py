@@ -135,7 +135,9 @@ def classify_volume(
     return _smooth_in_roi(prob, used, sigma_px), used
 
 
-def slice_qc(blood: np.ndarray, wall: np.ndarray, bssfp_z: np.ndarray) -> list[dict[str, Any]]:
+def slice_qc(
+    blood: np.ndarray, wall: np.ndarray, bssfp_z: np.ndarray, method: str = METHOD_NAME
+) -> list[dict[str, Any]]:
     """Implausible slices, named in a warning: ``[{"slice": z, "flag": ...}]``.
 
     Flags: ``no_blood_pool`` / ``no_wall`` (under :data:`QC_MIN_SHARE` of the slice's ROI),
@@ -150,6 +152,8 @@ def slice_qc(blood: np.ndarray, wall: np.ndarray, bssfp_z: np.ndarray) -> list[d
         ``(Z, Y, X)`` bool masks of the result.
     bssfp_z : numpy.ndarray
         ``(Z, Y, X)`` bSSFP z-scored over each slice's ROI.
+    method : str
+        The method named in the warning.
     """
     z = blood.shape[0]
     n_blood, n_wall = blood.reshape(z, -1).sum(1), wall.reshape(z, -1).sum(1)
@@ -165,7 +169,7 @@ def slice_qc(blood: np.ndarray, wall: np.ndarray, bssfp_z: np.ndarray) -> list[d
         flags += [{"slice": int(zi), "flag": f} for f in found]
     if flags:
         listed = ", ".join(f"slice {f['slice']}: {f['flag']}" for f in flags)
-        warnings.warn(f"tissue-classifier: implausible slices ({listed})", stacklevel=3)
+        warnings.warn(f"{method}: implausible slices ({listed})", stacklevel=3)
     return flags
 
 

@@ -205,7 +205,7 @@ def fit_pipeline(
     }
     cols = [list(channels).index(c) for c in INPUT_CHANNELS[:3]]
     xn = normalise_zscore(images, kept)
-    params["slice_qc"] = slice_qc(blood, wall, xn[..., cols[0]])
+    params["slice_qc"] = slice_qc(blood, wall, xn[..., cols[0]], METHOD_NAME)
     fit = class_fit(labels, blood, wall, tissue[..., 1:], xn, params)
     fit.n_iter_[:] = int(options.adapt_iterations)
     fit.seconds = time.perf_counter() - t0
