@@ -90,11 +90,11 @@ def _run(args: argparse.Namespace) -> int:
         rep = compute_report(labels, geometry.spacing_mm, geometry.affine, reference=ref, **kw)
         from napari_gmmseg.report.figures import report_details
 
-        case_name = _case_name(args.labels)
-        title = args.title or f"Case {case_name}: scar and edema, AHA 17 segments"
         made = _segmentation_record(args.labels, labels, geometry.spacing_mm)
+        case_name = made.get("case_id") or _case_name(args.labels)
+        title = args.title or f"Case {case_name}: scar and edema, AHA 17 segments"
         details = report_details(
-            made.get("case_id") or case_name,
+            case_name,
             labels,
             geometry.spacing_mm,
             method=made.get("method"),
