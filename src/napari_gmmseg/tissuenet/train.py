@@ -96,9 +96,7 @@ def _roi_variants(gt_roi: np.ndarray, auto_roi: np.ndarray | None) -> list[np.nd
     out = [gt_roi]
     out.append(ndi.binary_dilation(gt_roi, st, iterations=2))
     out.append(ndi.binary_dilation(gt_roi, st, iterations=4))
-    out.append(
-        ndi.binary_erosion(gt_roi, st, iterations=1) | (gt_roi & ~gt_roi.any((1, 2), keepdims=True))
-    )
+    out.append(ndi.binary_erosion(gt_roi, st, iterations=1))
     if auto_roi is not None and auto_roi.any():
         out.append(auto_roi.astype(bool))
     return out
