@@ -76,3 +76,20 @@ def test_stroke_refine_follow_undo(make_napari_viewer_proxy, qtbot):
     # a second Refine without new strokes says so
     refine_dock.refine()
     assert not refine_dock.running and "nothing to refine" in refine_dock.status.text()
+
+
+def test_scribble_finds_a_segmentation_made_after_the_dock_opened(make_napari_viewer_proxy, qtbot):
+    """The Refine dock is open before Segment runs: Scribble still finds the new result."""
+    from napari_gmmseg._widgets import RefineWidget
+    from napari_gmmseg.phantom import make_case
+    from test_widgets import add_case, dock, run_and_wait, segment_widget
+
+    case = make_case(0, n_slices=2, size=64)
+    viewer = make_napari_viewer_proxy()
+    add_case(viewer, case)
+    refine_dock = dock(viewer, RefineWidget(viewer))
+    seg_dock = segment_widget(viewer, "tissue-classifier")
+    run_and_wait(qtbot, seg_dock, timeout=120_000)
+    refine_dock.start_scribbles()
+    assert refine_dock.scribbles is not None
+    assert refine_dock.scribbles.name == f"{seg_dock.last_output.name} scribbles"

@@ -367,6 +367,12 @@ class LayerCombo(QComboBox):
         self.blockSignals(False)
         self.currentIndexChanged.emit(self.currentIndex())
 
+    def showPopup(self) -> None:
+        """Re-list before opening: a layer may have become eligible since it was inserted
+        (the Segment dock fills a segmentation's metadata only when the fit ends)."""
+        self.refresh()
+        super().showPopup()
+
     def layer(self):
         """The chosen layer, or None."""
         i = self.currentIndex()

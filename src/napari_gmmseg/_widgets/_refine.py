@@ -160,7 +160,7 @@ class RefineWidget(QWidget):
     @report_errors
     def start_scribbles(self, *_args) -> None:
         """Add the scribbles layer of the chosen segmentation (or select the existing one)."""
-        seg = self.seg_layer.layer()
+        seg = self._chosen_segmentation()
         if seg is None:
             raise RoiError("no segmentation: run the Segment dock first")
         if self._seg is not seg or self.scribbles not in self.viewer.layers:
@@ -188,6 +188,16 @@ class RefineWidget(QWidget):
         self._brush_changed()
         self.scribbles.mode = "erase" if self.brush.currentData() is None else "paint"
         self._show_burden()
+
+    def _chosen_segmentation(self):
+        """The picked segmentation, else the newest finished one (the picker is re-listed:
+        a Segment-dock layer becomes a segmentation only when its fit ends)."""
+        self.seg_layer.refresh()
+        if self.seg_layer.layer() is None:
+            finished = [lay for lay in self.viewer.layers if FIT_KEY in lay.metadata]
+            if finished:
+                self.seg_layer.set_layer(finished[-1])
+        return self.seg_layer.layer()
 
     def _disconnect(self) -> None:
         if self.scribbles is not None:
