@@ -93,3 +93,6 @@ def test_scribble_finds_a_segmentation_made_after_the_dock_opened(make_napari_vi
     refine_dock.start_scribbles()
     assert refine_dock.scribbles is not None
     assert refine_dock.scribbles.name == f"{seg_dock.last_output.name} scribbles"
+    # one read-out: the Refine dock states what the Segment dock states, interval included
+    assert "95 % interval" in refine_dock.burden.text()
+    assert seg_dock.burden.text().startswith(refine_dock.burden.text())

@@ -43,6 +43,7 @@ __all__ = [
     "burden_readout",
     "burden_summary",
     "interval_from_residuals",
+    "labels_summary",
     "load_stated_accuracy",
     "stated_accuracy_for",
     "stated_interval",
@@ -427,6 +428,18 @@ def burden_summary(
         salvage_index=salvage_index(b["scar_pct"], b["scar_edema_pct"]),
         interval=burden_interval(params),
     )
+
+
+def labels_summary(
+    labels: np.ndarray, spacing_mm: Sequence[float], params: Mapping[str, object], roi: str | None
+) -> BurdenSummary:
+    """The read-out of the labels shown now (possibly edited) for the fit that made them.
+
+    The stated interval (:func:`stated_interval`) is centred on these labels' burden, so a
+    dock that follows edits shows the same numbers as a fresh ``segment`` of them would.
+    """
+    interval = stated_interval(params, roi, labels, spacing_mm)
+    return burden_summary(labels, spacing_mm, {**params, "burden_interval": interval})
 
 
 def burden_readout(

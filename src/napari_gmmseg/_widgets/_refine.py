@@ -30,6 +30,7 @@ from qtpy.QtWidgets import (
 from napari_gmmseg._widgets._common import (
     FIT_KEY,
     INPUTS_KEY,
+    META_KEY,
     LayerCombo,
     dock_layout,
     layer_spacing,
@@ -358,12 +359,16 @@ class RefineWidget(QWidget):
 
     # ------------------------------------------------------------ read-out
     def _show_burden(self, *_args) -> None:
-        from napari_gmmseg.accuracy import burden_readout
+        from napari_gmmseg.accuracy import labels_summary
 
         if self._seg is None:
             return
-        text = burden_readout(np.asarray(self._seg.data), layer_spacing(self._seg))
-        self.burden.setText(f"{text}.")
+        fit = self._seg.metadata[FIT_KEY]
+        roi = (self._seg.metadata.get(META_KEY) or {}).get("roi_source")
+        summary = labels_summary(
+            np.asarray(self._seg.data), layer_spacing(self._seg), fit.params, roi
+        )
+        self.burden.setText(f"{summary.line()}.")
 
     def closeEvent(self, event) -> None:
         """Stop following the layers when the dock closes."""

@@ -734,6 +734,7 @@ class SegmentWidget(QWidget):
             "channels": list(request.channels),
             "channel_layers": [lay.name for lay in request.channel_layers],
             "roi": request.roi_description,
+            "roi_source": request.roi_source,
             "seconds": float(fit.seconds),
             "slices_finished": int(np.count_nonzero(fit.finished)),
             "cancelled": bool(fit.cancelled),
@@ -796,11 +797,9 @@ class SegmentWidget(QWidget):
     def _show_burden(
         self, fit: Fit, labels: np.ndarray, spacing, roi_source, edited: bool = False
     ) -> None:
-        from napari_gmmseg.accuracy import accuracy_note, burden_summary, stated_interval
+        from napari_gmmseg.accuracy import accuracy_note, labels_summary
 
-        # the stated error around the burden of the labels shown (edits move the burden)
-        interval = stated_interval(fit.params, roi_source, labels, spacing)
-        summary = burden_summary(labels, spacing, {**fit.params, "burden_interval": interval})
+        summary = labels_summary(labels, spacing, fit.params, roi_source)
         note = accuracy_note(fit.params, roi_source)
         prefix = "Partial (cancelled): " if fit.cancelled else ""
         prefix += "Edited labels: " if edited else ""
